@@ -1,0 +1,258 @@
+//! Settings for gator-ota, in SCARECRO's vocabulary.
+//!
+//! Layers, lowest first: the defaults embedded from `settings/default.toml`,
+//! the operator's TOML file, then `GATOR_OTA__SECTION__KEY` environment
+//! variables (and the standard `AWS_*` variables for the S3 carrier). After
+//! loading, [`Settings::validate`] turns every bad value into an error naming
+//! the key and the fix, so nothing starts on a half-valid configuration.
+//!
+//! Modules: [`secret`] keeps credentials out of logs and prints, [`load`]
+//! stacks the layers, [`validate`] checks them.
+
+mod load;
+pub mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ENV_PREFIX, ENV_SETTINGS_FILE, Env, load, load_with_env};
+pub use secret::Secret;
+
+/// The embedded default layer, also handy for tests that need a valid start.
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("settings key `{key}`: {problem}. Fix: {fix}")]
+    Invalid {
+        key: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl SettingsError {
+    pub(crate) fn invalid(
+        key: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// The whole, validated configuration of one gateway.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub system: System,
+    pub firmware: Firmware,
+    pub pipeline: Pipeline,
+    pub messages: BTreeMap<String, MessageSpec>,
+    pub carriers: BTreeMap<String, Carrier>,
+    pub addresses: BTreeMap<String, Address>,
+    pub tasks: BTreeMap<String, Task>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    /// SCARECRO system id; the cloud tells gateways apart by it.
+    pub id: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firmware {
+    /// Folders a message may write into; empty means `system.data_dir`.
+    pub allowed_roots: Vec<PathBuf>,
+    pub images_dir: PathBuf,
+    pub pointer_file: PathBuf,
+    pub max_image_bytes: u64,
+}
+
+impl Settings {
+    /// The folders writes are confined to, with the default applied.
+    pub fn allowed_roots(&self) -> Vec<PathBuf> {
+        if self.firmware.allowed_roots.is_empty() {
+            vec![self.system.data_dir.clone()]
+        } else {
+            self.firmware.allowed_roots.clone()
+        }
+    }
+
+    /// The MQTT carrier named `name`, if that is what it is.
+    pub fn mqtt(&self, name: &str) -> Option<&MqttCarrier> {
+        match self.carriers.get(name) {
+            Some(Carrier::Mqtt(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The send addresses that carry `message_type`.
+    pub fn send_addresses<'a>(
+        &'a self,
+        message_type: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Address)> + 'a {
+        self.addresses.iter().filter(move |(_, a)| {
+            a.send_or_receive == Direction::Send && a.message_type.iter().any(|t| t == message_type)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub queue: usize,
+    pub mqtt_buffer: usize,
+    pub max_payload_bytes: usize,
+    pub write_chunks: usize,
+}
+
+/// How SCARECRO finds the id and time of a message inside its content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSpec {
+    pub id_field: String,
+    pub time_field: String,
+}
+
+/// A SCARECRO carrier: the thing that moves messages or files.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Carrier {
+    Mqtt(MqttCarrier),
+    S3(S3Carrier),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttCarrier {
+    pub source: String,
+    pub url: String,
+    pub client_id: String,
+    pub username: String,
+    pub password: Secret,
+    /// Read the password from this file instead (systemd credentials, k8s secrets).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    pub qos: i32,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    pub version: u32,
+    pub ca_file: String,
+    pub clean_session: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+impl MqttCarrier {
+    pub fn uses_tls(&self) -> bool {
+        self.url.starts_with("ssl://") || self.url.starts_with("mqtts://")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Carrier {
+    pub source: String,
+    pub bucket: String,
+    pub region: String,
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    pub prefix: String,
+    pub allow_http: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Where the S3 carrier's objects live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bucket {
+    S3(String),
+    /// A local folder standing in for a bucket.
+    Folder(PathBuf),
+}
+
+impl S3Carrier {
+    /// Parses `bucket`; a relative folder is taken from `data_dir`.
+    pub fn location(&self, data_dir: &std::path::Path) -> Bucket {
+        if let Some(dir) = self.bucket.strip_prefix("file://") {
+            let dir = PathBuf::from(dir);
+            Bucket::Folder(if dir.is_absolute() {
+                dir
+            } else {
+                data_dir.join(dir)
+            })
+        } else {
+            Bucket::S3(
+                self.bucket
+                    .strip_prefix("s3://")
+                    .unwrap_or(&self.bucket)
+                    .trim_end_matches('/')
+                    .to_string(),
+            )
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Send,
+    Receive,
+}
+
+/// A SCARECRO address: a carrier, a direction and the message types on it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub carrier: String,
+    pub send_or_receive: Direction,
+    pub message_type: Vec<String>,
+    pub duration: String,
+    /// The MQTT topic (SCARECRO's `additional_info.topic`).
+    pub topic: String,
+}
+
+/// A SCARECRO task: which carrier function runs for which message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    pub source_type: String,
+    pub config_name: String,
+    pub function: String,
+    #[serde(default)]
+    pub arguments: BTreeMap<String, serde_json::Value>,
+    pub duration: String,
+    pub message_type: String,
+}
+
+/// The one carrier function gator-ota implements, named as in SCARECRO's s3.py.
+pub const HANDLE_NEW_FIRMWARE_MESSAGE: &str = "handle_new_firmware_message";
+
+impl Settings {
+    /// The effective settings as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print settings: {e}\n"))
+    }
+}

@@ -1,0 +1,322 @@
+//! One pass over loaded settings that names each bad key and its fix.
+
+use crate::{
+    Address, Carrier, Direction, HANDLE_NEW_FIRMWARE_MESSAGE, Settings, SettingsError as E,
+};
+
+const MQTT_SCHEMES: &[&str] = &["tcp://", "mqtt://", "ssl://", "mqtts://"];
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), E> {
+        let s = self;
+        if s.system.id.trim().is_empty() || s.system.id.contains(['+', '#', '/']) {
+            return Err(E::invalid(
+                "system.id",
+                format!("{:?} is not a usable gateway id", s.system.id),
+                "set a non-empty id without '/', '+' or '#', e.g. GATOR_OTA__SYSTEM__ID=gateway-17",
+            ));
+        }
+        if s.system.data_dir.as_os_str().is_empty() {
+            return Err(E::invalid("system.data_dir", "is empty", "name a writable folder"));
+        }
+        for (i, root) in s.firmware.allowed_roots.iter().enumerate() {
+            if root.as_os_str().is_empty() {
+                return Err(E::invalid(
+                    format!("firmware.allowed_roots[{i}]"),
+                    "is empty",
+                    "name a folder, or leave the list empty to use system.data_dir",
+                ));
+            }
+        }
+        for (key, v) in [
+            ("pipeline.queue", s.pipeline.queue),
+            ("pipeline.mqtt_buffer", s.pipeline.mqtt_buffer),
+            ("pipeline.max_payload_bytes", s.pipeline.max_payload_bytes),
+            ("pipeline.write_chunks", s.pipeline.write_chunks),
+        ] {
+            if v == 0 {
+                return Err(E::invalid(key, "is 0", "use a positive number"));
+            }
+        }
+        if s.firmware.max_image_bytes == 0 {
+            return Err(E::invalid("firmware.max_image_bytes", "is 0", "use a positive size in bytes"));
+        }
+        for (name, m) in &s.messages {
+            if m.id_field.is_empty() || m.time_field.is_empty() {
+                return Err(E::invalid(
+                    format!("messages.{name}"),
+                    "id_field and time_field must not be empty",
+                    "name the fields of the message content that hold its id and time",
+                ));
+            }
+        }
+        for (name, c) in &s.carriers {
+            self.validate_carrier(name, c)?;
+        }
+        for (name, a) in &s.addresses {
+            self.validate_address(name, a)?;
+        }
+        for (name, t) in &s.tasks {
+            let key = format!("tasks.{name}");
+            if t.source_type != "carrier" {
+                return Err(E::invalid(
+                    format!("{key}.source_type"),
+                    format!("{:?} tasks are not run by gator-ota", t.source_type),
+                    "use \"carrier\"",
+                ));
+            }
+            match s.carriers.get(&t.config_name) {
+                Some(Carrier::S3(_)) => {}
+                Some(Carrier::Mqtt(_)) => {
+                    return Err(E::invalid(
+                        format!("{key}.config_name"),
+                        format!("carrier {:?} is an mqtt carrier", t.config_name),
+                        "name an s3 carrier, e.g. \"s3_firmware_ota\"",
+                    ));
+                }
+                None => {
+                    return Err(E::invalid(
+                        format!("{key}.config_name"),
+                        format!("no carrier named {:?} is configured", t.config_name),
+                        format!("add [carriers.{}] or name a configured carrier", t.config_name),
+                    ));
+                }
+            }
+            if t.function != HANDLE_NEW_FIRMWARE_MESSAGE {
+                return Err(E::invalid(
+                    format!("{key}.function"),
+                    format!("unknown function {:?}", t.function),
+                    format!("use \"{HANDLE_NEW_FIRMWARE_MESSAGE}\""),
+                ));
+            }
+            if t.duration != "on_message" {
+                return Err(E::invalid(
+                    format!("{key}.duration"),
+                    format!("{:?} is not supported", t.duration),
+                    "use \"on_message\"",
+                ));
+            }
+            if !s.messages.contains_key(&t.message_type) {
+                return Err(E::invalid(
+                    format!("{key}.message_type"),
+                    format!("no message {:?} is configured", t.message_type),
+                    format!("add [messages.{}] with id_field and time_field", t.message_type),
+                ));
+            }
+        }
+        if !s.messages.contains_key("confirm_receipt") {
+            return Err(E::invalid(
+                "messages.confirm_receipt",
+                "is missing",
+                "add [messages.confirm_receipt] with id_field and time_field",
+            ));
+        }
+        if s.send_addresses("confirm_receipt").next().is_none() {
+            return Err(E::invalid(
+                "addresses",
+                "no send address carries confirm_receipt",
+                "add an address with send_or_receive = \"send\" and message_type = [\"confirm_receipt\"]",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_carrier(&self, name: &str, c: &Carrier) -> Result<(), E> {
+        let key = format!("carriers.{name}");
+        match c {
+            Carrier::Mqtt(m) => {
+                if !MQTT_SCHEMES.iter().any(|p| m.url.starts_with(p)) || m.url.len() < 8 {
+                    return Err(E::invalid(
+                        format!("{key}.url"),
+                        format!("{:?} is not a broker URL", m.url),
+                        "use tcp://host:1883, or ssl://host:8883 for TLS",
+                    ));
+                }
+                if !(0..=2).contains(&m.qos) {
+                    return Err(E::invalid(format!("{key}.qos"), format!("{} is not a QoS", m.qos), "use 0, 1 or 2"));
+                }
+                if !matches!(m.version, 3..=5) {
+                    return Err(E::invalid(
+                        format!("{key}.version"),
+                        format!("{} is not an MQTT version", m.version),
+                        "use 4 for MQTT 3.1.1 or 5 for MQTT 5",
+                    ));
+                }
+                if m.client_id.is_empty() {
+                    return Err(E::invalid(format!("{key}.client_id"), "is empty", "set a client id unique on the broker"));
+                }
+                if !m.ca_file.is_empty() && !std::path::Path::new(&m.ca_file).is_file() {
+                    return Err(E::invalid(
+                        format!("{key}.ca_file"),
+                        format!("{} is not a readable file", m.ca_file),
+                        "point it at a PEM CA bundle, or leave it empty for the system store",
+                    ));
+                }
+                if m.reconnect_min.is_zero() || m.reconnect_max < m.reconnect_min {
+                    return Err(E::invalid(
+                        format!("{key}.reconnect_min"),
+                        "reconnect_min must be positive and not above reconnect_max",
+                        "e.g. reconnect_min = \"1s\", reconnect_max = \"60s\"",
+                    ));
+                }
+            }
+            Carrier::S3(s) => {
+                if s.bucket.is_empty() || s.bucket == "file://" || s.bucket == "s3://" {
+                    return Err(E::invalid(
+                        format!("{key}.bucket"),
+                        "names no bucket",
+                        "use \"s3://my-firmware-bucket\" or \"file:///srv/firmware\"",
+                    ));
+                }
+                if !s.endpoint.is_empty()
+                    && !(s.endpoint.starts_with("https://") || s.endpoint.starts_with("http://"))
+                {
+                    return Err(E::invalid(
+                        format!("{key}.endpoint"),
+                        format!("{:?} is not an http(s) URL", s.endpoint),
+                        "use https://host[:port], or leave it empty for AWS",
+                    ));
+                }
+                if s.endpoint.starts_with("http://") && !s.allow_http {
+                    return Err(E::invalid(
+                        format!("{key}.endpoint"),
+                        "is plain HTTP but allow_http is false",
+                        "use https://, or set allow_http = true for a local test store",
+                    ));
+                }
+                if s.prefix.split('/').any(|p| p == "..") {
+                    return Err(E::invalid(format!("{key}.prefix"), "contains `..`", "use a plain key prefix such as \"firmware/\""));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_address(&self, name: &str, a: &Address) -> Result<(), E> {
+        let key = format!("addresses.{name}");
+        if self.mqtt(&a.carrier).is_none() {
+            return Err(E::invalid(
+                format!("{key}.carrier"),
+                format!("{:?} is not a configured mqtt carrier", a.carrier),
+                "name an mqtt carrier, e.g. \"mqtt\"",
+            ));
+        }
+        if a.topic.is_empty() {
+            return Err(E::invalid(format!("{key}.topic"), "is empty", "set the MQTT topic"));
+        }
+        if a.send_or_receive == Direction::Send && a.topic.contains(['+', '#']) {
+            return Err(E::invalid(
+                format!("{key}.topic"),
+                "a send topic cannot hold wildcards",
+                "use a plain topic such as \"scarecro/confirm_receipt\"",
+            ));
+        }
+        if a.message_type.is_empty() {
+            return Err(E::invalid(format!("{key}.message_type"), "is empty", "list the message types on this address"));
+        }
+        for t in &a.message_type {
+            if !self.messages.contains_key(t) {
+                return Err(E::invalid(
+                    format!("{key}.message_type"),
+                    format!("no message {t:?} is configured"),
+                    format!("add [messages.{t}] or remove it from the address"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Env, SettingsError, load_with_env};
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn key_of(e: SettingsError) -> String {
+        match e {
+            SettingsError::Invalid { key, .. } => key,
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = load_with_env(None, &env(&[])).unwrap();
+        assert_eq!(s.system.id, "local-gateway");
+        assert_eq!(s.tasks["download_new_firmware_image"].config_name, "s3_firmware_ota");
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscores() {
+        let s = load_with_env(
+            None,
+            &env(&[
+                ("GATOR_OTA__SYSTEM__ID", "gw-17"),
+                ("GATOR_OTA__CARRIERS__MQTT__QOS", "2"),
+                ("GATOR_OTA__CARRIERS__MQTT__PASSWORD", "1234"),
+                ("GATOR_OTA__FIRMWARE__ALLOWED_ROOTS", "/a,/b"),
+                ("AWS_SECRET_ACCESS_KEY", "shh"),
+                ("AWS_REGION", "eu-west-1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.system.id, "gw-17");
+        assert_eq!(s.mqtt("mqtt").unwrap().qos, 2);
+        assert_eq!(s.mqtt("mqtt").unwrap().password.expose(), "1234");
+        assert_eq!(s.allowed_roots().len(), 2);
+        let printed = s.to_redacted_toml();
+        assert!(!printed.contains("1234") && !printed.contains("shh"), "{printed}");
+        assert!(printed.contains("eu-west-1"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("GATOR_OTA__CARRIERS__MQTT__QOS", "7", "carriers.mqtt.qos"),
+            ("GATOR_OTA__CARRIERS__MQTT__URL", "http://x", "carriers.mqtt.url"),
+            ("GATOR_OTA__TASKS__DOWNLOAD_NEW_FIRMWARE_IMAGE__CONFIG_NAME", "nope", "tasks.download_new_firmware_image.config_name"),
+            ("GATOR_OTA__TASKS__DOWNLOAD_NEW_FIRMWARE_IMAGE__FUNCTION", "f", "tasks.download_new_firmware_image.function"),
+            ("GATOR_OTA__SYSTEM__ID", "a/b", "system.id"),
+            ("GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT", "http://127.0.0.1:9000", "carriers.s3_firmware_ota.endpoint"),
+            ("GATOR_OTA__PIPELINE__QUEUE", "0", "pipeline.queue"),
+        ];
+        for (var, value, key) in cases {
+            let err = load_with_env(None, &env(&[(var, value)])).unwrap_err();
+            assert_eq!(key_of(err), key, "{var}={value}");
+        }
+    }
+
+    #[test]
+    fn file_layer_sits_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("gator-ota-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.toml");
+        std::fs::write(&file, "[system]\nid = \"from-file\"\ndata_dir = \"/x\"\n").unwrap();
+        let s = load_with_env(Some(&file), &env(&[])).unwrap();
+        assert_eq!(s.system.id, "from-file");
+        let s = load_with_env(Some(&file), &env(&[("GATOR_OTA__SYSTEM__ID", "from-env")])).unwrap();
+        assert_eq!(s.system.id, "from-env");
+        assert_eq!(s.system.data_dir, std::path::PathBuf::from("/x"));
+        std::fs::write(&file, "[system]\nidd = 1\n").unwrap();
+        assert!(load_with_env(Some(&file), &env(&[])).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn secret_files_are_read() {
+        let dir = std::env::temp_dir().join(format!("gator-ota-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cr3t\n").unwrap();
+        let s = load_with_env(
+            None,
+            &env(&[("GATOR_OTA__CARRIERS__MQTT__PASSWORD_FILE", file.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(s.mqtt("mqtt").unwrap().password.expose(), "s3cr3t");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
