@@ -1,1 +1,21 @@
-fn main(){}
+//! `gator-ota`: over-the-air firmware delivery for Data Gators on a SCARECRO
+//! gateway. The binary only parses the command line and hands over: the
+//! pipeline lives in `gator-ota-actors`, the settings in `gator-ota-settings`.
+
+mod cli;
+mod run;
+mod sample;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    run::init_logging();
+    match cli.command {
+        cli::Command::Run(args) => run::run(&args),
+        cli::Command::CheckConfig(args) => run::check_config(&args),
+        cli::Command::PublishSample(args) => sample::publish_sample(&args),
+    }
+}

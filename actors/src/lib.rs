@@ -1,1 +1,27 @@
+//! The gator-ota firmware pipeline, one actor per stage.
+//!
+//! A `firmware_image` travels:
+//!
+//! 1. [`ingress`] — MQTT ingress: payload → SCARECRO [`messages::Envelope`].
+//! 2. [`router`] — task router: envelope → every `on_message` task for its type.
+//! 3. [`s3_carrier`] — the S3 carrier's `handle_new_firmware_message`: checks
+//!    and confines the message ([`firmware`], [`paths`]), streams the object.
+//! 4. [`writer`] — filesystem writer: image, then pointer, each atomically.
+//! 5. [`egress`] — MQTT egress: `confirm_receipt` on the send addresses.
+//!
+//! Stages hold `Recipient`s of the next stage, never concrete actors, and all
+//! of them run under actix supervisors. [`service`] wires them from settings.
 
+pub mod egress;
+pub mod firmware;
+pub mod ingress;
+pub mod messages;
+pub mod mqtt;
+pub mod paths;
+pub mod router;
+pub mod s3_carrier;
+pub mod service;
+pub mod time;
+pub mod writer;
+
+pub use service::{Service, StartError};

@@ -1,0 +1,191 @@
+//! Wiring: settings in, a running supervised pipeline out.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Recipient, Supervisor};
+use gator_ota_settings::{Carrier, Direction, Settings};
+use paho_mqtt as paho;
+use tracing::{info, warn};
+
+use crate::egress::MqttEgress;
+use crate::firmware::Defaults;
+use crate::ingress::{IngressConfig, MqttIngress, Subscription};
+use crate::messages::RunTask;
+use crate::mqtt::{self, MqttSetupError};
+use crate::paths::Confinement;
+use crate::router::{RouteError, TaskRouter};
+use crate::s3_carrier::{S3CarrierActor, StoreSetupError, open_store};
+use crate::writer::{FsWriter, TEMP_PREFIX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare folder {dir}: {source}")]
+    Folder {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("addresses use MQTT carriers {0:?}; gator-ota runs one MQTT connection, so point every address at the same carrier")]
+    SeveralMqttCarriers(Vec<String>),
+    #[error("no address uses an MQTT carrier")]
+    NoMqttCarrier,
+    #[error(transparent)]
+    Mqtt(#[from] MqttSetupError),
+    #[error(transparent)]
+    Store(#[from] StoreSetupError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+/// The running pipeline. Dropping it does not stop the actors; call
+/// [`Service::shutdown`] to leave the broker politely.
+#[must_use = "keep the service to shut it down"]
+pub struct Service {
+    client: paho::AsyncClient,
+    _ingress: Addr<MqttIngress>,
+}
+
+impl Service {
+    /// Starts every actor on the current actix system.
+    pub fn start(settings: &Settings) -> Result<Self, StartError> {
+        let data_dir = &settings.system.data_dir;
+        let folder_err = |dir: &Path| {
+            let dir = dir.display().to_string();
+            move |source| StartError::Folder { dir, source }
+        };
+        std::fs::create_dir_all(data_dir).map_err(folder_err(data_dir))?;
+        let roots = settings.allowed_roots();
+        let confinement = Arc::new(Confinement::new(&roots).map_err(folder_err(&roots[0]))?);
+        for root in confinement.roots() {
+            sweep_temporaries(root, 4);
+        }
+
+        let (mqtt_name, mqtt_carrier) = the_mqtt_carrier(settings)?;
+        let persistence = data_dir.join("mqtt");
+        std::fs::create_dir_all(&persistence).map_err(folder_err(&persistence))?;
+        let client = mqtt::client(mqtt_name, mqtt_carrier, &persistence)?;
+        let connect = mqtt::connect_options(mqtt_name, mqtt_carrier)?;
+
+        let chunks = settings.pipeline.write_chunks;
+        let writer = Supervisor::start(move |_| FsWriter::new(chunks));
+
+        let mut routes: HashMap<String, Vec<String>> = HashMap::new();
+        for address in settings.addresses.values().filter(|a| a.send_or_receive == Direction::Send) {
+            for t in &address.message_type {
+                routes.entry(t.clone()).or_default().push(address.topic.clone());
+            }
+        }
+        let (egress_client, qos) = (client.clone(), mqtt_carrier.qos);
+        let egress = Supervisor::start(move |_| MqttEgress::new(egress_client, routes, qos));
+
+        let mut carriers: HashMap<String, Recipient<RunTask>> = HashMap::new();
+        for task in settings.tasks.values() {
+            let name = &task.config_name;
+            let Some(Carrier::S3(s3)) = settings.carriers.get(name) else { continue };
+            if carriers.contains_key(name) {
+                continue;
+            }
+            let store = open_store(name, s3, data_dir)?;
+            let actor = S3CarrierActor::new(
+                name.clone(),
+                store,
+                confinement.clone(),
+                Defaults {
+                    images_dir: settings.firmware.images_dir.display().to_string(),
+                    pointer_file: settings.firmware.pointer_file.display().to_string(),
+                    prefix: s3.prefix.clone(),
+                },
+                writer.clone().recipient(),
+                egress.clone().recipient(),
+                settings.system.id.clone(),
+                settings.firmware.max_image_bytes,
+                settings.pipeline.queue,
+            );
+            let addr = Supervisor::start(move |_| actor);
+            carriers.insert(name.clone(), addr.recipient());
+        }
+
+        let router = TaskRouter::new(settings, &carriers)?;
+        let consumed: Vec<String> = router.message_types().map(str::to_string).collect();
+        let router = Supervisor::start(move |_| router);
+
+        let subscriptions: Vec<Subscription> = settings
+            .addresses
+            .iter()
+            .filter(|(_, a)| a.send_or_receive == Direction::Receive)
+            .map(|(name, a)| Subscription {
+                address: name.clone(),
+                topic: a.topic.clone(),
+                message_types: a.message_type.clone(),
+            })
+            .collect();
+        for t in &consumed {
+            if !subscriptions.iter().any(|s| s.message_types.contains(t)) {
+                warn!(message_type = %t, "a task runs on this message type but no receive address carries it");
+            }
+        }
+        let cfg = IngressConfig {
+            client: client.clone(),
+            connect,
+            subscriptions,
+            specs: settings.messages.clone().into_iter().collect(),
+            router: router.recipient(),
+            qos: mqtt_carrier.qos,
+            stream_buffer: settings.pipeline.mqtt_buffer,
+            max_payload: settings.pipeline.max_payload_bytes,
+            retry_min: mqtt_carrier.reconnect_min,
+            retry_max: mqtt_carrier.reconnect_max,
+        };
+        let ingress = Supervisor::start(move |ctx| MqttIngress::create(cfg, ctx));
+        info!(system_id = %settings.system.id, broker = %mqtt_carrier.url, "gator-ota started");
+        Ok(Self {
+            client,
+            _ingress: ingress,
+        })
+    }
+
+    /// Leaves the broker, giving in-flight acknowledgements a moment.
+    pub async fn shutdown(self) {
+        if self.client.is_connected() {
+            let done = self.client.disconnect(None);
+            if tokio::time::timeout(Duration::from_secs(2), done).await.is_err() {
+                warn!("the broker did not acknowledge the disconnect in time");
+            }
+        }
+    }
+}
+
+fn the_mqtt_carrier(settings: &Settings) -> Result<(&str, &gator_ota_settings::MqttCarrier), StartError> {
+    let mut names: Vec<&String> = settings.addresses.values().map(|a| &a.carrier).collect();
+    names.sort();
+    names.dedup();
+    match names.as_slice() {
+        [] => Err(StartError::NoMqttCarrier),
+        [one] => settings
+            .mqtt(one)
+            .map(|m| (one.as_str(), m))
+            .ok_or(StartError::NoMqttCarrier),
+        many => Err(StartError::SeveralMqttCarriers(many.iter().map(|s| s.to_string()).collect())),
+    }
+}
+
+/// Removes temporaries a killed process left behind. They never sit at a
+/// destination, but they take space.
+fn sweep_temporaries(dir: &Path, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
+        let name = entry.file_name();
+        if kind.is_file() && name.to_string_lossy().starts_with(TEMP_PREFIX) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => info!(path = %entry.path().display(), "removed a leftover temporary file"),
+                Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove a leftover temporary file"),
+            }
+        } else if kind.is_dir() && depth > 0 {
+            sweep_temporaries(&entry.path(), depth - 1);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "gator-ota", version, about = "Over-the-air firmware delivery for Data Gators on SCARECRO gateways")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: receive firmware_image messages, install images, confirm receipt.
+    Run(SettingsArgs),
+    /// Load and validate the settings, then print them with secrets redacted.
+    CheckConfig(SettingsArgs),
+    /// Put a sample image in a local (file://) bucket, publish a firmware_image
+    /// for it and print the confirm_receipt that comes back.
+    PublishSample(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// TOML settings layered over the embedded defaults.
+    #[arg(long, env = gator_ota_settings::ENV_SETTINGS_FILE)]
+    pub settings: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Size of the sample image in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub size: u64,
+    /// How long to wait for the confirm_receipt.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}

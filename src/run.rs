@@ -1,0 +1,80 @@
+//! `run` and `check-config`.
+
+use std::process::ExitCode;
+
+use gator_ota_actors::Service;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::SettingsArgs;
+
+/// Log level from `GATOR_OTA_LOG` (or `RUST_LOG`), `info` when neither is set.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_env("GATOR_OTA_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn load(args: &SettingsArgs) -> Option<gator_ota_settings::Settings> {
+    match gator_ota_settings::load(args.settings.as_deref()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error!("{e}");
+            None
+        }
+    }
+}
+
+pub fn run(args: &SettingsArgs) -> ExitCode {
+    let Some(settings) = load(args) else {
+        return ExitCode::from(2);
+    };
+    let system = actix_rt::System::new();
+    let outcome = system.block_on(async move {
+        let service = Service::start(&settings)?;
+        let signal = wait_for_signal().await;
+        info!(%signal, "shutting down");
+        service.shutdown().await;
+        Ok::<_, gator_ota_actors::StartError>(())
+    });
+    match outcome {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn check_config(args: &SettingsArgs) -> ExitCode {
+    let Some(settings) = load(args) else {
+        return ExitCode::from(2);
+    };
+    println!("# gator-ota settings: valid. Effective values, secrets redacted:\n");
+    print!("{}", settings.to_redacted_toml());
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}

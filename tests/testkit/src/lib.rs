@@ -1,0 +1,25 @@
+//! Real infrastructure for gator-ota's tests and benchmarks.
+//!
+//! The downloader's interesting behaviour lives at its edges — MQTT
+//! reconnects, SigV4 signing, interrupted and resumed S3 transfers — so the
+//! tests run it against the real thing: a mosquitto process ([`Broker`]) and
+//! an S3-protocol server ([`S3Server`], s3s-fs with authentication). Each
+//! instance gets its own loopback port and temp directory, so tests can run
+//! in parallel and can kill or restart "their" servers to inject failures.
+//!
+//! Every wait in here is a bounded poll ([`wait_until`]); the single
+//! exception is [`Subscriber::expect_none`], because proving that nothing
+//! happens takes time by definition.
+
+mod broker;
+mod mqtt;
+mod s3;
+mod wait;
+
+pub use broker::{Broker, MOSQUITTO_ENV};
+pub use mqtt::{Subscriber, publish};
+pub use s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY, pseudo_random_bytes, serve_s3, to_hex};
+pub use wait::{free_port, wait_until};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! Synchronous MQTT helpers for driving and observing the code under test.
+//!
+//! They use paho's blocking client on purpose: a test's own plumbing should
+//! not depend on an async runtime, and the same helpers then work from plain
+//! `#[test]`s, `#[tokio::test]`s and actix tests alike.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use paho_mqtt as mqtt;
+
+/// Upper bound for connect/subscribe/publish round-trips on loopback. paho's
+/// default is minutes, which would turn a broken broker into a hung test.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// QoS used for both subscribing and publishing: at-least-once is what
+/// gator-ota itself uses, and QoS 0 could silently drop the very message a
+/// test is waiting for.
+const QOS: i32 = 1;
+
+/// Builds a client id no other client on the broker is using, so two helpers
+/// in one test never kick each other off (MQTT allows one connection per id).
+fn unique_client_id(role: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("gator-testkit-{role}-{}-{n}", std::process::id())
+}
+
+/// Creates and connects a clean-session client with no on-disk persistence
+/// (paho's default would litter the working directory with session files).
+fn connect(url: &str, role: &str) -> mqtt::Client {
+    let create = mqtt::CreateOptionsBuilder::new()
+        .server_uri(url)
+        .client_id(unique_client_id(role))
+        .persistence(mqtt::PersistenceType::None)
+        .finalize();
+    let mut client = mqtt::Client::new(create)
+        .unwrap_or_else(|e| panic!("create MQTT {role} client for {url}: {e}"));
+    client.set_timeout(OP_TIMEOUT);
+    client
+}
+
+fn connect_options() -> mqtt::ConnectOptions {
+    mqtt::ConnectOptionsBuilder::new()
+        .clean_session(true)
+        .connect_timeout(OP_TIMEOUT)
+        .keep_alive_interval(Duration::from_secs(30))
+        .finalize()
+}
+
+/// Publishes `payload` to `topic` with QoS 1 and returns once the broker has
+/// acknowledged it (PUBACK).
+///
+/// Returning only after the acknowledgement means that, once this returns,
+/// every subscriber that was subscribed beforehand is guaranteed to be sent
+/// the message — so tests can publish and then wait on the effect without
+/// racing the broker.
+#[track_caller]
+pub fn publish(url: &str, topic: &str, payload: &str) {
+    let client = connect(url, "pub");
+    client
+        .connect(connect_options())
+        .unwrap_or_else(|e| panic!("publisher could not connect to {url}: {e}"));
+    client
+        .publish(mqtt::Message::new(topic, payload, QOS))
+        .unwrap_or_else(|e| panic!("publish to {topic} on {url} failed: {e}"));
+    // The message is already acknowledged; a failed DISCONNECT changes nothing.
+    let _ = client.disconnect(None);
+}
+
+/// A clean-session client subscribed (QoS 1) to one topic filter, buffering
+/// everything it receives until a test asks for it.
+///
+/// It does not reconnect: after [`Broker::restart`](crate::Broker::restart)
+/// the subscription is gone with the broker's state, so create a new
+/// `Subscriber` instead.
+pub struct Subscriber {
+    client: mqtt::Client,
+    rx: mqtt::SyncReceiver<Option<mqtt::Message>>,
+    topic: String,
+}
+
+impl Subscriber {
+    /// Connects to `url` and subscribes to the topic filter `topic`
+    /// (wildcards allowed), returning only after the broker's SUBACK.
+    ///
+    /// Waiting for the SUBACK is what makes "subscribe, then trigger, then
+    /// [`recv`](Subscriber::recv)" race-free: anything published after
+    /// `new` returns is delivered to this subscriber.
+    #[track_caller]
+    pub fn new(url: &str, topic: &str) -> Subscriber {
+        let client = connect(url, "sub");
+        // Must be set up before connecting, or early messages could be lost.
+        let rx = client.start_consuming();
+        client
+            .connect(connect_options())
+            .unwrap_or_else(|e| panic!("subscriber could not connect to {url}: {e}"));
+        let rsp = client
+            .subscribe(topic, QOS)
+            .unwrap_or_else(|e| panic!("subscribe to {topic} on {url} failed: {e}"));
+        if let Some(granted) = rsp.subscribe_response() {
+            // 0x80 (and above, for MQTT 5) is the broker refusing the filter.
+            assert!(granted < 0x80, "broker refused subscription to {topic}: granted QoS {granted}");
+        }
+        Subscriber {
+            client,
+            rx,
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// The topic filter this subscriber listens on.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Waits up to `timeout` for the next message, with its topic and flags.
+    ///
+    /// Use this over [`recv`](Subscriber::recv) when subscribed to a
+    /// wildcard or when the retained flag matters.
+    pub fn recv_message(&self, timeout: Duration) -> Option<mqtt::Message> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(remaining) {
+                Ok(Some(msg)) => return Some(msg),
+                // paho signals a lost connection with `None`. Nothing more will
+                // arrive, but keep honouring the timeout so callers see a
+                // uniform "nothing within T" rather than an early return.
+                Ok(None) if !remaining.is_zero() => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the next message and returns its payload.
+    ///
+    /// Panics on a non-UTF-8 payload: everything gator-ota publishes is JSON
+    /// text, so binary data here is a bug worth failing loudly on.
+    #[track_caller]
+    pub fn recv(&self, timeout: Duration) -> Option<String> {
+        let msg = self.recv_message(timeout)?;
+        match String::from_utf8(msg.payload().to_vec()) {
+            Ok(text) => Some(text),
+            Err(e) => panic!("non-UTF-8 payload on {}: {e}", msg.topic()),
+        }
+    }
+
+    /// Waits up to `timeout` for the next message and parses it as JSON.
+    ///
+    /// Panics if the payload is not valid JSON, for the same reason
+    /// [`recv`](Subscriber::recv) panics on non-UTF-8.
+    #[track_caller]
+    pub fn recv_json(&self, timeout: Duration) -> Option<serde_json::Value> {
+        let text = self.recv(timeout)?;
+        match serde_json::from_str(&text) {
+            Ok(value) => Some(value),
+            Err(e) => panic!("invalid JSON on {}: {e}; payload: {text}", self.topic),
+        }
+    }
+
+    /// Asserts that no message arrives within `within`.
+    ///
+    /// Absence can't be observed, only waited out, so this is the one place
+    /// in the testkit that deliberately blocks for a fixed time. Keep
+    /// `within` short — long enough that the code under test would have
+    /// published by then had it been going to (hundreds of milliseconds on
+    /// loopback), not a safety margin of seconds.
+    #[track_caller]
+    pub fn expect_none(&self, within: Duration) {
+        if let Some(msg) = self.recv_message(within) {
+            panic!(
+                "expected no message on {} within {within:?}, got one on {}: {}",
+                self.topic,
+                msg.topic(),
+                msg.payload_str()
+            );
+        }
+    }
+}
+
+// paho's client has no `Debug`; the topic is what identifies a subscriber
+// in assertion output anyway.
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("topic", &self.topic)
+            .field("client_id", &self.client.client_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        if self.client.is_connected() {
+            // Best effort: the broker drops the session anyway when the
+            // socket closes.
+            let _ = self.client.disconnect(None);
+        }
+    }
+}
