@@ -6,7 +6,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "gator-ota", version, about = "Over-the-air firmware delivery for Data Gators on SCARECRO gateways")]
+#[command(
+    name = "gator-ota",
+    version,
+    about = "Over-the-air firmware delivery for Data Gators on SCARECRO gateways"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

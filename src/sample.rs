@@ -52,17 +52,33 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
     } else {
         format!("{prefix}/{SAMPLE_FILE}.bin")
     };
-    let sha = write_sample(&bucket.join(&key), args.size).map_err(|e| format!("cannot write the sample image: {e}"))?;
-    println!("sample image: {} ({} bytes, sha256 {sha})", bucket.join(&key).display(), args.size);
+    let sha = write_sample(&bucket.join(&key), args.size)
+        .map_err(|e| format!("cannot write the sample image: {e}"))?;
+    println!(
+        "sample image: {} ({} bytes, sha256 {sha})",
+        bucket.join(&key).display(),
+        args.size
+    );
 
     let receive = topic_for(settings, Direction::Receive, "firmware_image")?;
     let confirm = topic_for(settings, Direction::Send, "confirm_receipt")?;
     let mqtt = settings
-        .mqtt(&settings.addresses.values().next().map(|a| a.carrier.clone()).unwrap_or_default())
+        .mqtt(
+            &settings
+                .addresses
+                .values()
+                .next()
+                .map(|a| a.carrier.clone())
+                .unwrap_or_default(),
+        )
         .ok_or("no MQTT carrier")?;
     let client = paho::Client::new(
         paho::CreateOptionsBuilder::new()
-            .server_uri(mqtt.url.replace("mqtt://", "tcp://").replace("mqtts://", "ssl://"))
+            .server_uri(
+                mqtt.url
+                    .replace("mqtt://", "tcp://")
+                    .replace("mqtts://", "ssl://"),
+            )
             .client_id(format!("gator-ota-sample-{}", std::process::id()))
             .persistence(None)
             .finalize(),
@@ -72,7 +88,8 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
     let mut opts = paho::ConnectOptionsBuilder::new();
     opts.clean_session(true);
     if !mqtt.username.is_empty() {
-        opts.user_name(&mqtt.username).password(mqtt.password.expose());
+        opts.user_name(&mqtt.username)
+            .password(mqtt.password.expose());
     }
     client
         .connect(opts.finalize())
@@ -102,8 +119,12 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
                 args.timeout
             ));
         }
-        let Ok(Some(msg)) = rx.recv_timeout(left) else { continue };
-        let Ok(content) = serde_json::from_slice::<serde_json::Value>(msg.payload()) else { continue };
+        let Ok(Some(msg)) = rx.recv_timeout(left) else {
+            continue;
+        };
+        let Ok(content) = serde_json::from_slice::<serde_json::Value>(msg.payload()) else {
+            continue;
+        };
         if content["file_name"] != SAMPLE_FILE {
             continue;
         }
@@ -114,8 +135,16 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
         let pointer = settings.allowed_roots()[0].join(&settings.firmware.pointer_file);
         let got = std::fs::read(&installed).map(|b| hex(&Sha256::digest(b)));
         match got {
-            Ok(h) if h == sha => println!("installed image {} matches (sha256 {h})", installed.display()),
-            Ok(h) => return Err(format!("installed image {} differs: sha256 {h}", installed.display())),
+            Ok(h) if h == sha => println!(
+                "installed image {} matches (sha256 {h})",
+                installed.display()
+            ),
+            Ok(h) => {
+                return Err(format!(
+                    "installed image {} differs: sha256 {h}",
+                    installed.display()
+                ));
+            }
             Err(e) => println!("(cannot read {} from here: {e})", installed.display()),
         }
         if let Ok(p) = std::fs::read_to_string(&pointer) {

@@ -60,7 +60,11 @@ impl Handler<Publish> for MqttEgress {
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
         let client = self.client.clone();
-        let topics = self.routes.get(&msg.message_type).cloned().unwrap_or_default();
+        let topics = self
+            .routes
+            .get(&msg.message_type)
+            .cloned()
+            .unwrap_or_default();
         let qos = self.qos;
         let ack_timeout = self.ack_timeout;
         Box::pin(async move {

@@ -66,7 +66,10 @@ impl FirmwareJob {
             Some(p) => confinement.resolve("disk_path", &p)?,
             None => confinement.resolve(
                 "disk_path",
-                &format!("{}/{file_name}.bin", defaults.images_dir.trim_end_matches('/')),
+                &format!(
+                    "{}/{file_name}.bin",
+                    defaults.images_dir.trim_end_matches('/')
+                ),
             )?,
         };
         let config_path = match string(obj, "config_path")? {
@@ -119,7 +122,10 @@ fn check_cloud_path(path: &str, prefix: &str) -> Result<(), InvalidMessage> {
     if path.is_empty() || path.len() > 1024 || path.contains('\0') {
         return Err(bad());
     }
-    if path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+    if path
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
         return Err(bad());
     }
     if !prefix.is_empty() {
@@ -174,8 +180,14 @@ mod tests {
             &d,
         )
         .unwrap();
-        assert_eq!(job.disk_path.full(), c.home().join("firmware_images/gator_1.2.3.bin"));
-        assert_eq!(job.config_path.full(), c.home().join("latest_firmware.json"));
+        assert_eq!(
+            job.disk_path.full(),
+            c.home().join("firmware_images/gator_1.2.3.bin")
+        );
+        assert_eq!(
+            job.config_path.full(),
+            c.home().join("latest_firmware.json")
+        );
         assert!(job.confirm_receipt);
     }
 
@@ -184,27 +196,70 @@ mod tests {
         let (_dir, c, mut d) = setup();
         let cases = [
             (json!([1]), InvalidMessage::NotAnObject),
-            (json!({"cloud_path": "a"}), InvalidMessage::Missing("file_name")),
-            (json!({"file_name": "a"}), InvalidMessage::Missing("cloud_path")),
+            (
+                json!({"cloud_path": "a"}),
+                InvalidMessage::Missing("file_name"),
+            ),
+            (
+                json!({"file_name": "a"}),
+                InvalidMessage::Missing("cloud_path"),
+            ),
             (
                 json!({"file_name": 5, "cloud_path": "a"}),
-                InvalidMessage::WrongType { field: "file_name", expected: "a string", found: "a number" },
+                InvalidMessage::WrongType {
+                    field: "file_name",
+                    expected: "a string",
+                    found: "a number",
+                },
             ),
             (
                 json!({"file_name": "a", "cloud_path": "a", "confirm_receipt": "yes"}),
-                InvalidMessage::WrongType { field: "confirm_receipt", expected: "true or false", found: "a string" },
+                InvalidMessage::WrongType {
+                    field: "confirm_receipt",
+                    expected: "true or false",
+                    found: "a string",
+                },
             ),
-            (json!({"file_name": "a", "cloud_path": "x/../y"}), InvalidMessage::BadCloudPath("x/../y".into())),
+            (
+                json!({"file_name": "a", "cloud_path": "x/../y"}),
+                InvalidMessage::BadCloudPath("x/../y".into()),
+            ),
         ];
         for (content, want) in cases {
-            assert_eq!(FirmwareJob::from_content("m", &content, &c, &d).unwrap_err(), want, "{content}");
+            assert_eq!(
+                FirmwareJob::from_content("m", &content, &c, &d).unwrap_err(),
+                want,
+                "{content}"
+            );
         }
-        let err = FirmwareJob::from_content("m", &json!({"file_name": "a", "cloud_path": "a", "disk_path": "/etc/x"}), &c, &d)
-            .unwrap_err();
-        assert!(matches!(err, InvalidMessage::Path(PathError::OutsideRoots { .. })), "{err}");
+        let err = FirmwareJob::from_content(
+            "m",
+            &json!({"file_name": "a", "cloud_path": "a", "disk_path": "/etc/x"}),
+            &c,
+            &d,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, InvalidMessage::Path(PathError::OutsideRoots { .. })),
+            "{err}"
+        );
         d.prefix = "firmware/".into();
-        let err = FirmwareJob::from_content("m", &json!({"file_name": "a", "cloud_path": "other/a"}), &c, &d).unwrap_err();
+        let err = FirmwareJob::from_content(
+            "m",
+            &json!({"file_name": "a", "cloud_path": "other/a"}),
+            &c,
+            &d,
+        )
+        .unwrap_err();
         assert!(matches!(err, InvalidMessage::OutsidePrefix { .. }), "{err}");
-        assert!(FirmwareJob::from_content("m", &json!({"file_name": "a", "cloud_path": "firmware/a"}), &c, &d).is_ok());
+        assert!(
+            FirmwareJob::from_content(
+                "m",
+                &json!({"file_name": "a", "cloud_path": "firmware/a"}),
+                &c,
+                &d
+            )
+            .is_ok()
+        );
     }
 }

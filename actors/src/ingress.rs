@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use actix::fut::wrap_future;
 use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Recipient, StreamHandler, Supervised, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Recipient, StreamHandler,
+    Supervised, WrapFuture,
 };
 use gator_ota_settings::MessageSpec;
 use paho_mqtt as paho;
@@ -152,7 +153,11 @@ impl StreamHandler<Option<paho::Message>> for MqttIngress {
             return;
         };
         let topic = msg.topic();
-        let Some(sub) = self.subscriptions.iter().find(|s| topic_matches(&s.topic, topic)) else {
+        let Some(sub) = self
+            .subscriptions
+            .iter()
+            .find(|s| topic_matches(&s.topic, topic))
+        else {
             warn!(%topic, "message on a topic no receive address listens to; dropped");
             return;
         };
@@ -169,7 +174,11 @@ impl StreamHandler<Option<paho::Message>> for MqttIngress {
                 return;
             }
         };
-        let envelopes: Vec<Envelope> = sub.message_types.iter().map(|t| self.envelope(t, &content)).collect();
+        let envelopes: Vec<Envelope> = sub
+            .message_types
+            .iter()
+            .map(|t| self.envelope(t, &content))
+            .collect();
         let router = self.router.clone();
         // `wait` holds back the next stream item until the router took this
         // one: backpressure instead of an unbounded queue.

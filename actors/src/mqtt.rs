@@ -46,7 +46,10 @@ pub fn client(
 }
 
 /// Options for every (re)connection of `carrier`.
-pub fn connect_options(name: &str, carrier: &MqttCarrier) -> Result<paho::ConnectOptions, MqttSetupError> {
+pub fn connect_options(
+    name: &str,
+    carrier: &MqttCarrier,
+) -> Result<paho::ConnectOptions, MqttSetupError> {
     let mut b = if carrier.version == 5 {
         let mut b = paho::ConnectOptionsBuilder::new_v5();
         b.clean_start(carrier.clean_session);

@@ -78,7 +78,10 @@ impl Confinement {
             resolved.push(root.canonicalize()?);
         }
         if resolved.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no allowed roots"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no allowed roots",
+            ));
         }
         Ok(Self { roots: resolved })
     }
@@ -102,7 +105,10 @@ impl Confinement {
             return Err(PathError::Nul { field });
         }
         if requested.len() > MAX_PATH {
-            return Err(PathError::TooLong { field, max: MAX_PATH });
+            return Err(PathError::TooLong {
+                field,
+                max: MAX_PATH,
+            });
         }
         let bad_segment = || PathError::BadSegment {
             field,
@@ -112,7 +118,10 @@ impl Confinement {
         // `Path::components` hides `a//b`, `a/./b` and a trailing `/`, all of
         // which are refused: they are never meant and often a probe.
         let body = requested.strip_prefix('/').unwrap_or(requested);
-        if body.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        if body
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
             return Err(bad_segment());
         }
         if body.split('/').any(|s| s.len() > MAX_COMPONENT) {
@@ -127,7 +136,9 @@ impl Confinement {
                 .iter()
                 .find_map(|r| path.strip_prefix(r).ok().map(|rel| (r, rel)));
             match inside {
-                Some((root, rel)) if !rel.as_os_str().is_empty() => (root.clone(), rel.to_path_buf()),
+                Some((root, rel)) if !rel.as_os_str().is_empty() => {
+                    (root.clone(), rel.to_path_buf())
+                }
                 _ => {
                     return Err(PathError::OutsideRoots {
                         field,
@@ -139,7 +150,10 @@ impl Confinement {
         } else {
             (self.home().to_path_buf(), path.to_path_buf())
         };
-        if !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
             return Err(bad_segment());
         }
         Ok(ConfinedPath { root, relative })
@@ -173,7 +187,11 @@ impl ConfinedPath {
     /// planted inside the root cannot lead a write outside it. Blocking.
     pub fn prepare_parent(&self) -> io::Result<PathBuf> {
         let mut dir = self.root.clone();
-        let parents: Vec<_> = self.relative.parent().map(|p| p.components().collect()).unwrap_or_default();
+        let parents: Vec<_> = self
+            .relative
+            .parent()
+            .map(|p| p.components().collect())
+            .unwrap_or_default();
         for component in parents {
             dir.push(component);
             match std::fs::symlink_metadata(&dir) {
@@ -181,7 +199,10 @@ impl ConfinedPath {
                 Ok(meta) if meta.file_type().is_symlink() => {
                     return Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
-                        format!("{} is a symbolic link; refusing to follow it", dir.display()),
+                        format!(
+                            "{} is a symbolic link; refusing to follow it",
+                            dir.display()
+                        ),
                     ));
                 }
                 Ok(_) => {
@@ -227,7 +248,12 @@ mod tests {
         let p = c.resolve("disk_path", "firmware_images/a.bin").unwrap();
         assert_eq!(p.full(), c.home().join("firmware_images/a.bin"));
         let abs = c.home().join("x/y.bin");
-        assert_eq!(c.resolve("disk_path", abs.to_str().unwrap()).unwrap().full(), abs);
+        assert_eq!(
+            c.resolve("disk_path", abs.to_str().unwrap())
+                .unwrap()
+                .full(),
+            abs
+        );
     }
 
     #[test]
@@ -267,7 +293,16 @@ mod tests {
     #[test]
     fn file_names_are_plain() {
         assert!(check_file_name("gator_v1.2.3-rc1.bin").is_ok());
-        for bad in ["", "a/b", "..", ".hidden", "a b", "ä", "x\0", &"a".repeat(200)] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            ".hidden",
+            "a b",
+            "ä",
+            "x\0",
+            &"a".repeat(200),
+        ] {
             assert!(check_file_name(bad).is_err(), "{bad:?} was accepted");
         }
     }

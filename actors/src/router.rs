@@ -32,18 +32,27 @@ pub struct TaskRouter {
 
 impl TaskRouter {
     /// Builds the table from the settings' tasks and the running carriers.
-    pub fn new(settings: &Settings, carriers: &HashMap<String, Recipient<RunTask>>) -> Result<Self, RouteError> {
+    pub fn new(
+        settings: &Settings,
+        carriers: &HashMap<String, Recipient<RunTask>>,
+    ) -> Result<Self, RouteError> {
         let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
         for (name, task) in &settings.tasks {
-            let carrier = carriers.get(&task.config_name).ok_or_else(|| RouteError::UnknownCarrier {
-                task: name.clone(),
-                carrier: task.config_name.clone(),
-            })?;
-            routes.entry(task.message_type.clone()).or_default().push(Route {
-                task: name.as_str().into(),
-                function: task.function.as_str().into(),
-                carrier: carrier.clone(),
-            });
+            let carrier =
+                carriers
+                    .get(&task.config_name)
+                    .ok_or_else(|| RouteError::UnknownCarrier {
+                        task: name.clone(),
+                        carrier: task.config_name.clone(),
+                    })?;
+            routes
+                .entry(task.message_type.clone())
+                .or_default()
+                .push(Route {
+                    task: name.as_str().into(),
+                    function: task.function.as_str().into(),
+                    carrier: carrier.clone(),
+                });
         }
         Ok(Self { routes })
     }
@@ -66,7 +75,11 @@ impl Handler<Envelope> for TaskRouter {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, envelope: Envelope, _: &mut Context<Self>) -> Self::Result {
-        let routes = self.routes.get(&envelope.msg_type).cloned().unwrap_or_default();
+        let routes = self
+            .routes
+            .get(&envelope.msg_type)
+            .cloned()
+            .unwrap_or_default();
         Box::pin(async move {
             if routes.is_empty() {
                 debug!(msg_id = %envelope.msg_id, msg_type = %envelope.msg_type, "no task runs on this message type");

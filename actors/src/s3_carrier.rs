@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Handler, Recipient, ResponseFuture, Supervised, WrapFuture};
+use actix::{
+    Actor, AsyncContext, Context, Handler, Recipient, ResponseFuture, Supervised, WrapFuture,
+};
 use gator_ota_settings::{Bucket, S3Carrier};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -78,7 +80,9 @@ pub fn open_store(
                 dir: dir.display().to_string(),
                 source,
             })?;
-            Ok(Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(store_err)?))
+            Ok(Arc::new(
+                LocalFileSystem::new_with_prefix(&dir).map_err(store_err)?,
+            ))
         }
         Bucket::S3(bucket) => {
             let mut b = AmazonS3Builder::new()
@@ -99,7 +103,9 @@ pub fn open_store(
                 b = b.with_region(&carrier.region);
             }
             if !carrier.endpoint.is_empty() {
-                b = b.with_endpoint(&carrier.endpoint).with_virtual_hosted_style_request(false);
+                b = b
+                    .with_endpoint(&carrier.endpoint)
+                    .with_virtual_hosted_style_request(false);
             }
             if !carrier.access_key_id.is_empty() {
                 b = b
@@ -189,7 +195,12 @@ impl Handler<RunTask> for S3CarrierActor {
     fn handle(&mut self, run: RunTask, _: &mut Context<Self>) -> Self::Result {
         let env = run.envelope;
         let queue = self.queue.clone();
-        let job = FirmwareJob::from_content(&env.msg_id, &env.msg_content, &self.confinement, &self.defaults);
+        let job = FirmwareJob::from_content(
+            &env.msg_id,
+            &env.msg_content,
+            &self.confinement,
+            &self.defaults,
+        );
         Box::pin(async move {
             let job = match job {
                 Ok(job) => job,
@@ -247,9 +258,17 @@ async fn run_job(deps: &Deps, job: FirmwareJob) {
     .await
 }
 
-async fn download_and_install(deps: &Deps, job: &FirmwareJob) -> Result<crate::writer::Installed, CarrierError> {
-    let key = ObjectPath::parse(&job.cloud_path).map_err(|e| CarrierError::BadKey(job.cloud_path.clone(), e))?;
-    let got = deps.store.get(&key).await.map_err(|e| classify(&job.cloud_path, e))?;
+async fn download_and_install(
+    deps: &Deps,
+    job: &FirmwareJob,
+) -> Result<crate::writer::Installed, CarrierError> {
+    let key = ObjectPath::parse(&job.cloud_path)
+        .map_err(|e| CarrierError::BadKey(job.cloud_path.clone(), e))?;
+    let got = deps
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| classify(&job.cloud_path, e))?;
     let size = got.meta.size;
     if size > deps.max_image_bytes {
         return Err(CarrierError::TooLarge {
@@ -266,16 +285,19 @@ async fn download_and_install(deps: &Deps, job: &FirmwareJob) -> Result<crate::w
         body: got.into_stream(),
         expected_size: size,
     };
-    let installed = deps.writer.send(install).await.map_err(CarrierError::WriterGone)??;
+    let installed = deps
+        .writer
+        .send(install)
+        .await
+        .map_err(CarrierError::WriterGone)??;
     Ok(installed)
 }
 
 fn classify(cloud_path: &str, e: object_store::Error) -> CarrierError {
     match e {
         object_store::Error::NotFound { .. } => CarrierError::NotFound(cloud_path.to_string()),
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            CarrierError::Auth(e)
-        }
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => CarrierError::Auth(e),
         other => {
             warn!(error = %other, "bucket request failed");
             CarrierError::Fetch(other)

@@ -28,7 +28,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("addresses use MQTT carriers {0:?}; gator-ota runs one MQTT connection, so point every address at the same carrier")]
+    #[error(
+        "addresses use MQTT carriers {0:?}; gator-ota runs one MQTT connection, so point every address at the same carrier"
+    )]
     SeveralMqttCarriers(Vec<String>),
     #[error("no address uses an MQTT carrier")]
     NoMqttCarrier,
@@ -73,9 +75,16 @@ impl Service {
         let writer = Supervisor::start(move |_| FsWriter::new(chunks));
 
         let mut routes: HashMap<String, Vec<String>> = HashMap::new();
-        for address in settings.addresses.values().filter(|a| a.send_or_receive == Direction::Send) {
+        for address in settings
+            .addresses
+            .values()
+            .filter(|a| a.send_or_receive == Direction::Send)
+        {
             for t in &address.message_type {
-                routes.entry(t.clone()).or_default().push(address.topic.clone());
+                routes
+                    .entry(t.clone())
+                    .or_default()
+                    .push(address.topic.clone());
             }
         }
         let (egress_client, qos) = (client.clone(), mqtt_carrier.qos);
@@ -84,7 +93,9 @@ impl Service {
         let mut carriers: HashMap<String, Recipient<RunTask>> = HashMap::new();
         for task in settings.tasks.values() {
             let name = &task.config_name;
-            let Some(Carrier::S3(s3)) = settings.carriers.get(name) else { continue };
+            let Some(Carrier::S3(s3)) = settings.carriers.get(name) else {
+                continue;
+            };
             if carriers.contains_key(name) {
                 continue;
             }
@@ -151,14 +162,19 @@ impl Service {
     pub async fn shutdown(self) {
         if self.client.is_connected() {
             let done = self.client.disconnect(None);
-            if tokio::time::timeout(Duration::from_secs(2), done).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), done)
+                .await
+                .is_err()
+            {
                 warn!("the broker did not acknowledge the disconnect in time");
             }
         }
     }
 }
 
-fn the_mqtt_carrier(settings: &Settings) -> Result<(&str, &gator_ota_settings::MqttCarrier), StartError> {
+fn the_mqtt_carrier(
+    settings: &Settings,
+) -> Result<(&str, &gator_ota_settings::MqttCarrier), StartError> {
     let mut names: Vec<&String> = settings.addresses.values().map(|a| &a.carrier).collect();
     names.sort();
     names.dedup();
@@ -168,21 +184,31 @@ fn the_mqtt_carrier(settings: &Settings) -> Result<(&str, &gator_ota_settings::M
             .mqtt(one)
             .map(|m| (one.as_str(), m))
             .ok_or(StartError::NoMqttCarrier),
-        many => Err(StartError::SeveralMqttCarriers(many.iter().map(|s| s.to_string()).collect())),
+        many => Err(StartError::SeveralMqttCarriers(
+            many.iter().map(|s| s.to_string()).collect(),
+        )),
     }
 }
 
 /// Removes temporaries a killed process left behind. They never sit at a
 /// destination, but they take space.
 fn sweep_temporaries(dir: &Path, depth: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         let name = entry.file_name();
         if kind.is_file() && name.to_string_lossy().starts_with(TEMP_PREFIX) {
             match std::fs::remove_file(entry.path()) {
-                Ok(()) => info!(path = %entry.path().display(), "removed a leftover temporary file"),
-                Err(e) => warn!(path = %entry.path().display(), error = %e, "cannot remove a leftover temporary file"),
+                Ok(()) => {
+                    info!(path = %entry.path().display(), "removed a leftover temporary file")
+                }
+                Err(e) => {
+                    warn!(path = %entry.path().display(), error = %e, "cannot remove a leftover temporary file")
+                }
             }
         } else if kind.is_dir() && depth > 0 {
             sweep_temporaries(&entry.path(), depth - 1);

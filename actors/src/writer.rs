@@ -88,7 +88,13 @@ impl Handler<Install> for FsWriter {
         } = msg;
         Box::pin(async move {
             let disk = tokio::task::spawn_blocking(move || {
-                install_blocking(&image, &pointer, pointer_contents.as_bytes(), expected_size, rx)
+                install_blocking(
+                    &image,
+                    &pointer,
+                    pointer_contents.as_bytes(),
+                    expected_size,
+                    rx,
+                )
             });
             let mut received: u64 = 0;
             let mut failure = None;
@@ -167,7 +173,9 @@ fn install_blocking(
             actual: bytes,
         });
     }
-    let staged = out.into_inner().map_err(|e| io_err(&image_path)(e.into_error()))?;
+    let staged = out
+        .into_inner()
+        .map_err(|e| io_err(&image_path)(e.into_error()))?;
     staged.as_file().sync_all().map_err(io_err(&image_path))?;
 
     let pointer_path = pointer.full();
@@ -177,8 +185,13 @@ fn install_blocking(
         .suffix(".part")
         .tempfile_in(&pointer_dir)
         .map_err(io_err(&pointer_path))?;
-    staged_pointer.write_all(pointer_contents).map_err(io_err(&pointer_path))?;
-    staged_pointer.as_file().sync_all().map_err(io_err(&pointer_path))?;
+    staged_pointer
+        .write_all(pointer_contents)
+        .map_err(io_err(&pointer_path))?;
+    staged_pointer
+        .as_file()
+        .sync_all()
+        .map_err(io_err(&pointer_path))?;
 
     staged
         .persist(&image_path)
@@ -243,15 +256,24 @@ mod tests {
                 image: c.resolve("disk_path", "images/a.bin").unwrap(),
                 pointer: c.resolve("config_path", "latest.json").unwrap(),
                 pointer_contents: "a".into(),
-                body: body(vec![Ok(Bytes::from_static(b"hello ")), Ok(Bytes::from_static(b"world"))]),
+                body: body(vec![
+                    Ok(Bytes::from_static(b"hello ")),
+                    Ok(Bytes::from_static(b"world")),
+                ]),
                 expected_size: 11,
             })
             .await
             .unwrap()
             .unwrap();
         assert_eq!(out.bytes, 11);
-        assert_eq!(std::fs::read(c.home().join("images/a.bin")).unwrap(), b"hello world");
-        assert_eq!(std::fs::read_to_string(c.home().join("latest.json")).unwrap(), "a");
+        assert_eq!(
+            std::fs::read(c.home().join("images/a.bin")).unwrap(),
+            b"hello world"
+        );
+        assert_eq!(
+            std::fs::read_to_string(c.home().join("latest.json")).unwrap(),
+            "a"
+        );
         assert!(leftovers(c.home()).is_empty());
     }
 
@@ -281,9 +303,18 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap_err();
-            assert!(matches!(err, InstallError::Download(_) | InstallError::SizeMismatch { .. }), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    InstallError::Download(_) | InstallError::SizeMismatch { .. }
+                ),
+                "{err}"
+            );
             assert!(!c.home().join("images/a.bin").exists());
-            assert_eq!(std::fs::read_to_string(c.home().join("latest.json")).unwrap(), "old");
+            assert_eq!(
+                std::fs::read_to_string(c.home().join("latest.json")).unwrap(),
+                "old"
+            );
             assert!(leftovers(c.home()).is_empty(), "{:?}", leftovers(c.home()));
         }
     }

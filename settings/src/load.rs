@@ -29,8 +29,7 @@ pub fn load_with_env(file: Option<&Path>, env: &Env) -> Result<Settings, Setting
     let file = file
         .map(Path::to_path_buf)
         .or_else(|| env.get(ENV_SETTINGS_FILE).map(PathBuf::from));
-    let mut builder =
-        Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+    let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
     if let Some(file) = &file {
         if !file.is_file() {
             return Err(SettingsError::invalid(
@@ -78,8 +77,13 @@ pub fn load_with_env(file: Option<&Path>, env: &Env) -> Result<Settings, Setting
 }
 
 fn get<T: serde::de::DeserializeOwned>(cfg: &Config, key: &str) -> Result<T, SettingsError> {
-    cfg.get::<T>(key)
-        .map_err(|e| SettingsError::invalid(key, e.to_string(), "correct the value or remove it to use the default"))
+    cfg.get::<T>(key).map_err(|e| {
+        SettingsError::invalid(
+            key,
+            e.to_string(),
+            "correct the value or remove it to use the default",
+        )
+    })
 }
 
 /// Carriers differ by `source`, so each table is read by what it says it is.
@@ -93,11 +97,19 @@ fn carrier(name: &str, value: Value) -> Result<Carrier, SettingsError> {
         .map(|v| v.to_string())
         .unwrap_or_default();
     let bad = |e: config::ConfigError| {
-        SettingsError::invalid(&key, e.to_string(), "correct the value or remove it to use the default")
+        SettingsError::invalid(
+            &key,
+            e.to_string(),
+            "correct the value or remove it to use the default",
+        )
     };
     match source.as_str() {
-        "mqtt" => Ok(Carrier::Mqtt(value.try_deserialize::<MqttCarrier>().map_err(bad)?)),
-        "s3" => Ok(Carrier::S3(value.try_deserialize::<S3Carrier>().map_err(bad)?)),
+        "mqtt" => Ok(Carrier::Mqtt(
+            value.try_deserialize::<MqttCarrier>().map_err(bad)?,
+        )),
+        "s3" => Ok(Carrier::S3(
+            value.try_deserialize::<S3Carrier>().map_err(bad)?,
+        )),
         other => Err(SettingsError::invalid(
             format!("{key}.source"),
             format!("unknown carrier source {other:?}"),

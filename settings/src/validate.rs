@@ -17,7 +17,11 @@ impl Settings {
             ));
         }
         if s.system.data_dir.as_os_str().is_empty() {
-            return Err(E::invalid("system.data_dir", "is empty", "name a writable folder"));
+            return Err(E::invalid(
+                "system.data_dir",
+                "is empty",
+                "name a writable folder",
+            ));
         }
         for (i, root) in s.firmware.allowed_roots.iter().enumerate() {
             if root.as_os_str().is_empty() {
@@ -39,7 +43,11 @@ impl Settings {
             }
         }
         if s.firmware.max_image_bytes == 0 {
-            return Err(E::invalid("firmware.max_image_bytes", "is 0", "use a positive size in bytes"));
+            return Err(E::invalid(
+                "firmware.max_image_bytes",
+                "is 0",
+                "use a positive size in bytes",
+            ));
         }
         for (name, m) in &s.messages {
             if m.id_field.is_empty() || m.time_field.is_empty() {
@@ -78,7 +86,10 @@ impl Settings {
                     return Err(E::invalid(
                         format!("{key}.config_name"),
                         format!("no carrier named {:?} is configured", t.config_name),
-                        format!("add [carriers.{}] or name a configured carrier", t.config_name),
+                        format!(
+                            "add [carriers.{}] or name a configured carrier",
+                            t.config_name
+                        ),
                     ));
                 }
             }
@@ -100,7 +111,10 @@ impl Settings {
                 return Err(E::invalid(
                     format!("{key}.message_type"),
                     format!("no message {:?} is configured", t.message_type),
-                    format!("add [messages.{}] with id_field and time_field", t.message_type),
+                    format!(
+                        "add [messages.{}] with id_field and time_field",
+                        t.message_type
+                    ),
                 ));
             }
         }
@@ -133,7 +147,11 @@ impl Settings {
                     ));
                 }
                 if !(0..=2).contains(&m.qos) {
-                    return Err(E::invalid(format!("{key}.qos"), format!("{} is not a QoS", m.qos), "use 0, 1 or 2"));
+                    return Err(E::invalid(
+                        format!("{key}.qos"),
+                        format!("{} is not a QoS", m.qos),
+                        "use 0, 1 or 2",
+                    ));
                 }
                 if !matches!(m.version, 3..=5) {
                     return Err(E::invalid(
@@ -143,7 +161,11 @@ impl Settings {
                     ));
                 }
                 if m.client_id.is_empty() {
-                    return Err(E::invalid(format!("{key}.client_id"), "is empty", "set a client id unique on the broker"));
+                    return Err(E::invalid(
+                        format!("{key}.client_id"),
+                        "is empty",
+                        "set a client id unique on the broker",
+                    ));
                 }
                 if !m.ca_file.is_empty() && !std::path::Path::new(&m.ca_file).is_file() {
                     return Err(E::invalid(
@@ -169,7 +191,8 @@ impl Settings {
                     ));
                 }
                 if !s.endpoint.is_empty()
-                    && !(s.endpoint.starts_with("https://") || s.endpoint.starts_with("http://"))
+                    && !s.endpoint.starts_with("https://")
+                    && !s.endpoint.starts_with("http://")
                 {
                     return Err(E::invalid(
                         format!("{key}.endpoint"),
@@ -185,7 +208,11 @@ impl Settings {
                     ));
                 }
                 if s.prefix.split('/').any(|p| p == "..") {
-                    return Err(E::invalid(format!("{key}.prefix"), "contains `..`", "use a plain key prefix such as \"firmware/\""));
+                    return Err(E::invalid(
+                        format!("{key}.prefix"),
+                        "contains `..`",
+                        "use a plain key prefix such as \"firmware/\"",
+                    ));
                 }
             }
         }
@@ -202,7 +229,11 @@ impl Settings {
             ));
         }
         if a.topic.is_empty() {
-            return Err(E::invalid(format!("{key}.topic"), "is empty", "set the MQTT topic"));
+            return Err(E::invalid(
+                format!("{key}.topic"),
+                "is empty",
+                "set the MQTT topic",
+            ));
         }
         if a.send_or_receive == Direction::Send && a.topic.contains(['+', '#']) {
             return Err(E::invalid(
@@ -212,7 +243,11 @@ impl Settings {
             ));
         }
         if a.message_type.is_empty() {
-            return Err(E::invalid(format!("{key}.message_type"), "is empty", "list the message types on this address"));
+            return Err(E::invalid(
+                format!("{key}.message_type"),
+                "is empty",
+                "list the message types on this address",
+            ));
         }
         for t in &a.message_type {
             if !self.messages.contains_key(t) {
@@ -232,7 +267,10 @@ mod tests {
     use crate::{Env, SettingsError, load_with_env};
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn key_of(e: SettingsError) -> String {
@@ -246,7 +284,10 @@ mod tests {
     fn defaults_are_valid() {
         let s = load_with_env(None, &env(&[])).unwrap();
         assert_eq!(s.system.id, "local-gateway");
-        assert_eq!(s.tasks["download_new_firmware_image"].config_name, "s3_firmware_ota");
+        assert_eq!(
+            s.tasks["download_new_firmware_image"].config_name,
+            "s3_firmware_ota"
+        );
     }
 
     #[test]
@@ -268,7 +309,10 @@ mod tests {
         assert_eq!(s.mqtt("mqtt").unwrap().password.expose(), "1234");
         assert_eq!(s.allowed_roots().len(), 2);
         let printed = s.to_redacted_toml();
-        assert!(!printed.contains("1234") && !printed.contains("shh"), "{printed}");
+        assert!(
+            !printed.contains("1234") && !printed.contains("shh"),
+            "{printed}"
+        );
         assert!(printed.contains("eu-west-1"));
     }
 
@@ -276,11 +320,27 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("GATOR_OTA__CARRIERS__MQTT__QOS", "7", "carriers.mqtt.qos"),
-            ("GATOR_OTA__CARRIERS__MQTT__URL", "http://x", "carriers.mqtt.url"),
-            ("GATOR_OTA__TASKS__DOWNLOAD_NEW_FIRMWARE_IMAGE__CONFIG_NAME", "nope", "tasks.download_new_firmware_image.config_name"),
-            ("GATOR_OTA__TASKS__DOWNLOAD_NEW_FIRMWARE_IMAGE__FUNCTION", "f", "tasks.download_new_firmware_image.function"),
+            (
+                "GATOR_OTA__CARRIERS__MQTT__URL",
+                "http://x",
+                "carriers.mqtt.url",
+            ),
+            (
+                "GATOR_OTA__TASKS__DOWNLOAD_NEW_FIRMWARE_IMAGE__CONFIG_NAME",
+                "nope",
+                "tasks.download_new_firmware_image.config_name",
+            ),
+            (
+                "GATOR_OTA__TASKS__DOWNLOAD_NEW_FIRMWARE_IMAGE__FUNCTION",
+                "f",
+                "tasks.download_new_firmware_image.function",
+            ),
             ("GATOR_OTA__SYSTEM__ID", "a/b", "system.id"),
-            ("GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT", "http://127.0.0.1:9000", "carriers.s3_firmware_ota.endpoint"),
+            (
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT",
+                "http://127.0.0.1:9000",
+                "carriers.s3_firmware_ota.endpoint",
+            ),
             ("GATOR_OTA__PIPELINE__QUEUE", "0", "pipeline.queue"),
         ];
         for (var, value, key) in cases {
@@ -313,7 +373,10 @@ mod tests {
         std::fs::write(&file, "s3cr3t\n").unwrap();
         let s = load_with_env(
             None,
-            &env(&[("GATOR_OTA__CARRIERS__MQTT__PASSWORD_FILE", file.to_str().unwrap())]),
+            &env(&[(
+                "GATOR_OTA__CARRIERS__MQTT__PASSWORD_FILE",
+                file.to_str().unwrap(),
+            )]),
         )
         .unwrap();
         assert_eq!(s.mqtt("mqtt").unwrap().password.expose(), "s3cr3t");

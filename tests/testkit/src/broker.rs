@@ -127,6 +127,13 @@ impl Broker {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Where mosquitto's stderr goes: startup errors such as a bad config
+    /// line or an unreadable certificate end up here rather than in
+    /// [`log`](Broker::log).
+    fn stderr_path(&self) -> PathBuf {
+        self.log_path.with_file_name("mosquitto.stderr")
+    }
+
     /// Whether the broker process is currently alive.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -159,7 +166,10 @@ impl Broker {
     pub fn restart(&mut self) {
         self.stop();
         if let Err(failure) = self.spawn_and_wait() {
-            panic!("mosquitto failed to restart on port {}: {failure}", self.port);
+            panic!(
+                "mosquitto failed to restart on port {}: {failure}",
+                self.port
+            );
         }
     }
 
@@ -167,16 +177,24 @@ impl Broker {
     /// returns a description including the log, so the caller can decide
     /// whether to retry.
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let mut child = spawn_mosquitto(&self.conf_path);
+        // Owned by `self` from the start, so that if the wait below panics the
+        // process is killed by `Drop` instead of outliving the test.
+        let child = self
+            .child
+            .insert(spawn_mosquitto(&self.conf_path, &self.stderr_path()));
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let mut exited: Option<ExitStatus> = None;
-        wait_until(STARTUP_DEADLINE, &format!("mosquitto to listen on {addr}"), || {
-            if let Ok(Some(status)) = child.try_wait() {
-                exited = Some(status);
-                return true;
-            }
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
+        wait_until(
+            STARTUP_DEADLINE,
+            &format!("mosquitto to listen on {addr}"),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    exited = Some(status);
+                    return true;
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            },
+        );
         // A connect can succeed just as mosquitto dies (e.g. someone else
         // owns the port), so check once more after the listener answered.
         if exited.is_none()
@@ -185,14 +203,17 @@ impl Broker {
             exited = Some(status);
         }
         match exited {
-            None => {
-                self.child = Some(child);
-                Ok(())
+            None => Ok(()),
+            Some(status) => {
+                // Already reaped by `try_wait`; nothing left to kill.
+                self.child = None;
+                let stderr = fs::read_to_string(self.stderr_path()).unwrap_or_default();
+                Err(format!(
+                    "mosquitto exited with {status} before listening on {addr}; \
+                     stderr:\n{stderr}\nlog:\n{}",
+                    self.log()
+                ))
             }
-            Some(status) => Err(format!(
-                "mosquitto exited with {status} before listening on {addr}; log:\n{}",
-                self.log()
-            )),
         }
     }
 }
@@ -203,6 +224,14 @@ impl Drop for Broker {
         // process past the test that started it.
         self.stop();
     }
+}
+
+fn stderr_file(path: &Path) -> io::Result<Stdio> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(Stdio::from(file))
 }
 
 fn render_config(dir: &Path, port: u16, log_path: &Path, extra: &str) -> String {
@@ -226,14 +255,17 @@ fn render_config(dir: &Path, port: u16, log_path: &Path, extra: &str) -> String 
     )
 }
 
-fn spawn_mosquitto(conf: &Path) -> Child {
+fn spawn_mosquitto(conf: &Path, stderr: &Path) -> Child {
     let spawn = |program: &str| -> io::Result<Child> {
         Command::new(program)
             .arg("-c")
             .arg(conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Config errors are reported on stderr before the log file is
+            // open; keep them out of the test output but available for the
+            // failure message.
+            .stderr(stderr_file(stderr)?)
             .spawn()
     };
 

@@ -100,7 +100,10 @@ impl Subscriber {
             .unwrap_or_else(|e| panic!("subscribe to {topic} on {url} failed: {e}"));
         if let Some(granted) = rsp.subscribe_response() {
             // 0x80 (and above, for MQTT 5) is the broker refusing the filter.
-            assert!(granted < 0x80, "broker refused subscription to {topic}: granted QoS {granted}");
+            assert!(
+                granted < 0x80,
+                "broker refused subscription to {topic}: granted QoS {granted}"
+            );
         }
         Subscriber {
             client,

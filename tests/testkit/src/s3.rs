@@ -105,7 +105,8 @@ pub async fn serve_s3(
 
 fn s3_service(root: &Path, access_key: &str, secret_key: &str) -> io::Result<S3Service> {
     // s3s_fs::Error implements neither Display nor std::error::Error.
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("s3s-fs at {}: {e:?}", root.display())))?;
+    let fs = s3s_fs::FileSystem::new(root)
+        .map_err(|e| io::Error::other(format!("s3s-fs at {}: {e:?}", root.display())))?;
     let mut builder = S3ServiceBuilder::new(fs);
     builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
     Ok(builder.build())
@@ -158,7 +159,8 @@ impl S3Server {
     /// server thread accepts them. No readiness wait is needed.
     #[track_caller]
     pub fn start_at(root: PathBuf, port: Option<u16>) -> S3Server {
-        fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create S3 root {}: {e}", root.display()));
+        fs::create_dir_all(&root)
+            .unwrap_or_else(|e| panic!("create S3 root {}: {e}", root.display()));
         // s3s-fs resolves everything against the canonical root; using the
         // same path here keeps `object_path` and the server in agreement.
         let root = root
@@ -221,10 +223,14 @@ impl S3Server {
         // sets SO_REUSEADDR, so this normally succeeds at once; the retry only
         // covers another process briefly holding the port.
         let mut listener = None;
-        wait_until(Duration::from_secs(5), &format!("{addr} to be bindable again"), || {
-            listener = std::net::TcpListener::bind(addr).ok();
-            listener.is_some()
-        });
+        wait_until(
+            Duration::from_secs(5),
+            &format!("{addr} to be bindable again"),
+            || {
+                listener = std::net::TcpListener::bind(addr).ok();
+                listener.is_some()
+            },
+        );
         let listener = listener.expect("listener bound in wait_until");
         self.running = Some(launch(&self.root, listener));
     }
@@ -233,7 +239,8 @@ impl S3Server {
     #[track_caller]
     pub fn create_bucket(&self, name: &str) {
         let path = self.root.join(checked_bucket(name));
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create bucket dir {}: {e}", path.display()));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("create bucket dir {}: {e}", path.display()));
     }
 
     /// Where s3s-fs keeps the bytes of `bucket/key`.
@@ -242,7 +249,9 @@ impl S3Server {
     /// the file's contents, re-seed it with a `put_*` helper instead, or the
     /// server keeps reporting the old ETag (see [`put_object`](Self::put_object)).
     pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
-        self.root.join(checked_bucket(bucket)).join(checked_key(key))
+        self.root
+            .join(checked_bucket(bucket))
+            .join(checked_key(key))
     }
 
     /// Stores `bytes` as `bucket/key`, replacing any previous object.
@@ -383,7 +392,8 @@ fn launch(root: &Path, listener: std::net::TcpListener) -> Running {
                 .build()
                 .expect("build S3 server runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("register S3 listener with tokio");
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .expect("register S3 listener with tokio");
                 let stopped = async {
                     // An error means the S3Server was dropped: stop as well.
                     let _ = stop_rx.await;
@@ -432,7 +442,8 @@ impl ObjectWriter {
             .unwrap_or_else(|e| panic!("flush {}: {}", self.tmp.display(), e.error()));
         drop(file);
         if let Some(parent) = self.dest.parent() {
-            fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+            fs::create_dir_all(parent)
+                .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
         }
         // Same shape s3s-fs writes after its own PutObject: the bare hex MD5,
         // which it serves as a quoted strong ETag.
@@ -445,8 +456,13 @@ impl ObjectWriter {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => panic!("remove stale {}: {e}", self.metadata.display()),
         }
-        fs::rename(&self.tmp, &self.dest)
-            .unwrap_or_else(|e| panic!("move {} to {}: {e}", self.tmp.display(), self.dest.display()));
+        fs::rename(&self.tmp, &self.dest).unwrap_or_else(|e| {
+            panic!(
+                "move {} to {}: {e}",
+                self.tmp.display(),
+                self.dest.display()
+            )
+        });
         std::mem::take(&mut self.sha256).finalize().into()
     }
 }
@@ -489,10 +505,12 @@ fn checked_key(key: &str) -> &Path {
 /// [`S3Server::put_random_object`] for comparison with a manifest.
 pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Returns the first `len` bytes of the stream

@@ -55,7 +55,11 @@ fn broker_restart_keeps_port_and_serves_again() {
     let sub = Subscriber::new(&broker.url(), "gator/restarted");
     publish(&broker.url(), "gator/restarted", "back");
     assert_eq!(sub.recv(RECV).as_deref(), Some("back"));
-    assert!(broker.log().contains("mosquitto version"), "log: {}", broker.log());
+    assert!(
+        broker.log().contains("mosquitto version"),
+        "log: {}",
+        broker.log()
+    );
 }
 
 #[test]
@@ -75,8 +79,10 @@ fn extra_config_is_applied() {
 fn client(server: &S3Server, bucket: &str, secret: &str) -> AmazonS3 {
     // No retries: the tests below want the first failure, not minutes of
     // backoff against a stopped server.
-    let mut retry = RetryConfig::default();
-    retry.max_retries = 0;
+    let retry = RetryConfig {
+        max_retries: 0,
+        ..RetryConfig::default()
+    };
     AmazonS3Builder::new()
         .with_endpoint(server.endpoint())
         .with_allow_http(true)
@@ -95,7 +101,10 @@ async fn put_object_is_served_to_signed_get() {
     assert_eq!(s3.endpoint(), format!("http://127.0.0.1:{}", s3.port()));
     s3.create_bucket("firmware");
     s3.put_object("firmware", "datagator/v1.2.3/fw.bin", b"firmware bytes");
-    assert!(s3.object_path("firmware", "datagator/v1.2.3/fw.bin").is_file());
+    assert!(
+        s3.object_path("firmware", "datagator/v1.2.3/fw.bin")
+            .is_file()
+    );
 
     let store = client(&s3, "firmware", SECRET_KEY);
     let path = ObjectPath::from("datagator/v1.2.3/fw.bin");
@@ -139,7 +148,10 @@ async fn overwrite_and_delete_are_visible() {
     let meta = store.head(&path).await.unwrap();
     assert_eq!(meta.size, 4);
     assert_ne!(meta.e_tag, first, "ETag must follow the content");
-    assert_eq!(&store.get(&path).await.unwrap().bytes().await.unwrap()[..], b"two!");
+    assert_eq!(
+        &store.get(&path).await.unwrap().bytes().await.unwrap()[..],
+        b"two!"
+    );
 
     s3.delete_object("bucket", "k");
     let err = store.get(&path).await.unwrap_err();
@@ -164,7 +176,10 @@ async fn random_object_matches_digest_and_generator() {
     assert_eq!(<[u8; 32]>::from(Sha256::digest(&got)), digest);
 
     let start = 1024 * 1024 - 5;
-    let range = store.get_range(&path, start as u64..(start + 100) as u64).await.unwrap();
+    let range = store
+        .get_range(&path, start as u64..(start + 100) as u64)
+        .await
+        .unwrap();
     assert_eq!(&range[..], &expected[start..start + 100]);
 
     // Same seed, same bytes; different seed, different bytes.
@@ -205,7 +220,10 @@ async fn s3_stop_fails_requests_and_restart_recovers() {
 
     s3.stop();
     assert!(!s3.is_running());
-    assert!(store.head(&path).await.is_err(), "stopped server must not answer");
+    assert!(
+        store.head(&path).await.is_err(),
+        "stopped server must not answer"
+    );
 
     s3.restart();
     assert_eq!(s3.port(), port);
@@ -229,7 +247,10 @@ fn start_at_uses_given_root_and_port() {
     assert_eq!(s3.port(), port);
     s3.create_bucket("bucket");
     assert!(root.path().join("nested/bucket").is_dir());
-    assert_eq!(s3.root(), root.path().join("nested").canonicalize().unwrap());
+    assert_eq!(
+        s3.root(),
+        root.path().join("nested").canonicalize().unwrap()
+    );
 }
 
 #[tokio::test]
@@ -239,11 +260,15 @@ async fn s3_stop_cuts_off_in_flight_download() {
     let mut s3 = S3Server::start();
     s3.create_bucket("bucket");
     // Far more than socket buffers can hold, so the body is still streaming.
-    let len: u64 = 64 * 1024 * 1024;
+    let len: u64 = 16 * 1024 * 1024;
     s3.put_random_object("bucket", "huge", len, 1);
     let store = client(&s3, "bucket", SECRET_KEY);
 
-    let mut body = store.get(&ObjectPath::from("huge")).await.unwrap().into_stream();
+    let mut body = store
+        .get(&ObjectPath::from("huge"))
+        .await
+        .unwrap()
+        .into_stream();
     let mut received = body.next().await.expect("first chunk").unwrap().len() as u64;
     s3.stop();
 
@@ -257,6 +282,16 @@ async fn s3_stop_cuts_off_in_flight_download() {
             }
         }
     }
-    assert!(failed, "body must end in an error, got {received} of {len} bytes");
+    assert!(
+        failed,
+        "body must end in an error, got {received} of {len} bytes"
+    );
     assert!(received < len);
+}
+
+#[test]
+#[should_panic(expected = "bogus_option_for_the_testkit")]
+fn broker_startup_failure_reports_mosquitto_error() {
+    // mosquitto names the offending line on stderr; the panic must carry it.
+    Broker::start_with_config("bogus_option_for_the_testkit true");
 }

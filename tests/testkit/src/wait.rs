@@ -21,7 +21,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// spawn servers should treat an early bind failure as retryable.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr of ephemeral listener").port()
+    listener
+        .local_addr()
+        .expect("local_addr of ephemeral listener")
+        .port()
 }
 
 /// Polls `cond` until it returns `true`, panicking once `deadline` has passed.

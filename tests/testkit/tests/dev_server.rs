@@ -34,10 +34,15 @@ async fn dev_server_serves_and_stops_on_sigterm() {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected startup line {line:?}"))
         .to_owned();
-    assert!(root.path().join("extra-bucket").is_dir(), "--bucket creates the bucket");
+    assert!(
+        root.path().join("extra-bucket").is_dir(),
+        "--bucket creates the bucket"
+    );
 
-    let mut retry = RetryConfig::default();
-    retry.max_retries = 0;
+    let retry = RetryConfig {
+        max_retries: 0,
+        ..RetryConfig::default()
+    };
     let store = AmazonS3Builder::new()
         .with_endpoint(&endpoint)
         .with_allow_http(true)
@@ -63,9 +68,13 @@ async fn dev_server_serves_and_stops_on_sigterm() {
         .expect("run kill");
     assert!(status.success());
     let mut exit = None;
-    wait_until(Duration::from_secs(10), "s3-dev-server to exit after SIGTERM", || {
-        exit = child.try_wait().unwrap();
-        exit.is_some()
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "s3-dev-server to exit after SIGTERM",
+        || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        },
+    );
     assert!(exit.unwrap().success(), "clean exit on SIGTERM: {exit:?}");
 }

@@ -81,7 +81,14 @@ async fn run(args: Args) -> std::io::Result<()> {
         args.access_key
     );
 
-    serve_s3(listener, &args.root, &args.access_key, &args.secret_key, shutdown_signal()).await
+    serve_s3(
+        listener,
+        &args.root,
+        &args.access_key,
+        &args.secret_key,
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Resolves on SIGINT (interactive use) or SIGTERM (what scripts and

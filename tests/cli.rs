@@ -1,0 +1,101 @@
+//! The command line: `check-config` and start-up failures.
+
+use std::process::{Command, Output};
+
+fn gator_ota(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gator-ota"));
+    cmd.args(args).env_remove("GATOR_OTA_SETTINGS");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GATOR_OTA__") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied()).output().unwrap()
+}
+
+#[test]
+fn check_config_prints_effective_settings_without_secrets() {
+    let out = gator_ota(
+        &["check-config"],
+        &[
+            ("GATOR_OTA__SYSTEM__ID", "gw-42"),
+            ("GATOR_OTA__CARRIERS__MQTT__PASSWORD", "mqtt-password-value"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-value"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("id = \"gw-42\""), "{stdout}");
+    assert!(stdout.contains("download_new_firmware_image"), "{stdout}");
+    assert!(stdout.contains("<redacted>"), "{stdout}");
+    for secret in ["mqtt-password-value", "aws-secret-value"] {
+        assert!(!stdout.contains(secret), "{secret} leaked:\n{stdout}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+    }
+}
+
+#[test]
+fn check_config_names_the_bad_key_and_the_fix() {
+    let out = gator_ota(
+        &["check-config"],
+        &[("GATOR_OTA__CARRIERS__MQTT__QOS", "9")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("carriers.mqtt.qos"), "{stderr}");
+    assert!(stderr.contains("use 0, 1 or 2"), "{stderr}");
+
+    let out = gator_ota(
+        &["check-config"],
+        &[(
+            "GATOR_OTA__TASKS__DOWNLOAD_NEW_FIRMWARE_IMAGE__CONFIG_NAME",
+            "s3_missing",
+        )],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("tasks.download_new_firmware_image.config_name"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no carrier named \"s3_missing\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_reads_a_settings_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.toml");
+    std::fs::write(&file, "[system]\nid = \"from-file\"\n").unwrap();
+    let out = gator_ota(&["check-config", "--settings", file.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("id = \"from-file\"")
+    );
+
+    let out = gator_ota(
+        &["check-config", "--settings", "/nonexistent/settings.toml"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("--settings")
+    );
+}
+
+#[test]
+fn the_example_settings_are_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/settings.example.toml");
+    let out = gator_ota(&["check-config", "--settings", example], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,215 @@
+//! The gateway under test: the real `gator-ota` binary, run against a real
+//! broker and a real S3-protocol server from the testkit.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use gator_ota_testkit::{
+    ACCESS_KEY, Broker, REGION, S3Server, SECRET_KEY, Subscriber, publish, wait_until,
+};
+
+pub const BUCKET: &str = "firmware";
+pub const SYSTEM_ID: &str = "test-gateway";
+pub const RECEIVE_TOPIC: &str = "scarecro/firmware_image";
+pub const CONFIRM_TOPIC: &str = "scarecro/confirm_receipt";
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A broker, a bucket and a place for the gateway's data, torn down on drop.
+pub struct World {
+    pub broker: Broker,
+    pub s3: S3Server,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let s3 = S3Server::start();
+        s3.create_bucket(BUCKET);
+        Self {
+            broker: Broker::start(),
+            s3,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The settings, as environment, of a gateway using this world.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let v = |k: &str, v: &str| (k.to_string(), v.to_string());
+        vec![
+            v("GATOR_OTA__SYSTEM__ID", SYSTEM_ID),
+            v(
+                "GATOR_OTA__SYSTEM__DATA_DIR",
+                self.data_dir().to_str().unwrap(),
+            ),
+            v("GATOR_OTA__CARRIERS__MQTT__URL", &self.broker.url()),
+            v("GATOR_OTA__CARRIERS__MQTT__RECONNECT_MIN", "100ms"),
+            v("GATOR_OTA__CARRIERS__MQTT__RECONNECT_MAX", "1s"),
+            v(
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__BUCKET",
+                &format!("s3://{BUCKET}"),
+            ),
+            v(
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT",
+                &self.s3.endpoint(),
+            ),
+            v("GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ALLOW_HTTP", "true"),
+            v("GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__REGION", REGION),
+            v(
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ACCESS_KEY_ID",
+                ACCESS_KEY,
+            ),
+            v(
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__SECRET_ACCESS_KEY",
+                SECRET_KEY,
+            ),
+            v(
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__CONNECT_TIMEOUT",
+                "2s",
+            ),
+            v("GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__TIMEOUT", "60s"),
+        ]
+    }
+
+    pub fn gateway(&self) -> Gateway {
+        Gateway::start(self.env())
+    }
+
+    pub fn publish_json(&self, content: &serde_json::Value) {
+        publish(&self.broker.url(), RECEIVE_TOPIC, &content.to_string());
+    }
+
+    pub fn confirms(&self) -> Subscriber {
+        Subscriber::new(&self.broker.url(), CONFIRM_TOPIC)
+    }
+
+    pub fn image(&self, file_name: &str) -> PathBuf {
+        self.data_dir()
+            .join("firmware_images")
+            .join(format!("{file_name}.bin"))
+    }
+
+    pub fn pointer(&self) -> PathBuf {
+        self.data_dir().join("latest_firmware.json")
+    }
+}
+
+/// A running `gator-ota run`, its log collected as it is written.
+pub struct Gateway {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    pub fn start(env: Vec<(String, String)>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gator-ota"));
+        cmd.arg("run")
+            .env_remove("GATOR_OTA_SETTINGS")
+            .env("GATOR_OTA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GATOR_OTA__") || k.starts_with("AWS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env);
+        let mut child = cmd.spawn().expect("start gator-ota");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let gw = Self { child, log };
+        gw.wait_log("subscribed");
+        gw
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits until the log holds `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_count(needle, 1);
+    }
+
+    /// Waits until the log holds `needle` at least `n` times.
+    pub fn wait_count(&self, needle: &str, n: usize) {
+        let what = format!("{n} × {needle:?} in the gateway log");
+        let mut last = 0;
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while std::time::Instant::now() < deadline {
+            last = self.count(needle);
+            if last >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out waiting for {what} (saw {last}); log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let mut status = None;
+        wait_until(DEADLINE, "gator-ota to exit", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn sha256_file(path: &Path) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    h.finalize().into()
+}
+
+/// Every file under `dir`, for "nothing was written" checks.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
