@@ -11,22 +11,14 @@ use std::time::Duration;
 
 use actix::{Actor, Context, Handler, ResponseFuture, Supervised};
 use paho_mqtt as paho;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::messages::Publish;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("no send address carries message type {0:?}")]
-    NoAddress(String),
     #[error("cannot encode the message: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("the broker refused the message on {topic}: {source}")]
-    Refused {
-        topic: String,
-        #[source]
-        source: paho::Error,
-    },
 }
 
 pub struct MqttEgress {
@@ -69,20 +61,27 @@ impl Handler<Publish> for MqttEgress {
         let ack_timeout = self.ack_timeout;
         Box::pin(async move {
             if topics.is_empty() {
-                return Err(PublishError::NoAddress(msg.message_type));
+                // Optional messages (firmware_status) are off without an address.
+                debug!(message_type = %msg.message_type, "no send address carries this message type");
+                return Ok(());
             }
             let payload = serde_json::to_vec(&msg.content)?;
             for topic in topics {
+                // Queued by the client (kept on disk while the broker is
+                // away); the acknowledgement is awaited off the job's path.
                 let token = client.publish(paho::Message::new(&topic, payload.clone(), qos));
-                match tokio::time::timeout(ack_timeout, token).await {
-                    Ok(Ok(())) => info!(%topic, message_type = %msg.message_type, "published"),
-                    Ok(Err(source)) => return Err(PublishError::Refused { topic, source }),
-                    Err(_) => warn!(
-                        %topic,
-                        message_type = %msg.message_type,
-                        "broker has not acknowledged yet; the client keeps the message and delivers it after reconnecting"
-                    ),
-                }
+                let message_type = msg.message_type.clone();
+                actix::spawn(async move {
+                    match tokio::time::timeout(ack_timeout, token).await {
+                        Ok(Ok(())) => info!(%topic, %message_type, "published"),
+                        Ok(Err(e)) => {
+                            warn!(%topic, %message_type, error = %e, "the broker did not take the message; the client retries after reconnecting")
+                        }
+                        Err(_) => {
+                            warn!(%topic, %message_type, "broker has not acknowledged yet; the client keeps the message and delivers it after reconnecting")
+                        }
+                    }
+                });
             }
             Ok(())
         })

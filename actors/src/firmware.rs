@@ -26,6 +26,8 @@ pub enum InvalidMessage {
     BadCloudPath(String),
     #[error("cloud_path {path:?} is outside the carrier's prefix {prefix:?}")]
     OutsidePrefix { path: String, prefix: String },
+    #[error("field `{field}` must be {digits} hexadecimal digits")]
+    BadChecksum { field: &'static str, digits: usize },
     #[error(transparent)]
     Path(#[from] PathError),
 }
@@ -48,6 +50,18 @@ pub struct FirmwareJob {
     pub disk_path: ConfinedPath,
     pub config_path: ConfinedPath,
     pub confirm_receipt: bool,
+    /// What the publisher says the image is; checked before install.
+    pub expect: Expected,
+}
+
+/// Integrity claims a message may carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub size: Option<u64>,
+    /// Lowercase hex.
+    pub sha256: Option<String>,
+    /// Lowercase hex.
+    pub md5: Option<String>,
 }
 
 impl FirmwareJob {
@@ -93,6 +107,22 @@ impl FirmwareJob {
                 });
             }
         };
+        let size = match obj.get("size") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            Some(other) => {
+                return Err(InvalidMessage::WrongType {
+                    field: "size",
+                    expected: "a whole number of bytes",
+                    found: kind(other),
+                });
+            }
+        };
+        let expect = Expected {
+            size,
+            sha256: hex_field(obj, "sha256", 64)?,
+            md5: hex_field(obj, "md5", 32)?,
+        };
         Ok(Self {
             msg_id: msg_id.to_string(),
             file_name,
@@ -100,6 +130,7 @@ impl FirmwareJob {
             disk_path,
             config_path,
             confirm_receipt,
+            expect,
         })
     }
 }
@@ -115,6 +146,20 @@ fn string(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String
             found: kind(other),
         }),
     }
+}
+
+fn hex_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    digits: usize,
+) -> Result<Option<String>, InvalidMessage> {
+    let Some(value) = string(obj, field)? else {
+        return Ok(None);
+    };
+    if value.len() != digits || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(InvalidMessage::BadChecksum { field, digits });
+    }
+    Ok(Some(value.to_ascii_lowercase()))
 }
 
 fn check_cloud_path(path: &str, prefix: &str) -> Result<(), InvalidMessage> {

@@ -5,9 +5,11 @@
 //! 1. [`ingress`] — MQTT ingress: payload → SCARECRO [`messages::Envelope`].
 //! 2. [`router`] — task router: envelope → every `on_message` task for its type.
 //! 3. [`s3_carrier`] — the S3 carrier's `handle_new_firmware_message`: checks
-//!    and confines the message ([`firmware`], [`paths`]), streams the object.
-//! 4. [`writer`] — filesystem writer: image, then pointer, each atomically.
-//! 5. [`egress`] — MQTT egress: `confirm_receipt` on the send addresses.
+//!    and confines the message ([`firmware`], [`paths`]), journals it
+//!    ([`journal`]) and runs the job ([`job`]): resume, retry, verify.
+//! 4. [`writer`] — filesystem writer: staging, then image and pointer, each
+//!    atomically.
+//! 5. [`egress`] — MQTT egress: `confirm_receipt` and [`status`] messages.
 //!
 //! Stages hold `Recipient`s of the next stage, never concrete actors, and all
 //! of them run under actix supervisors. [`service`] wires them from settings.
@@ -15,12 +17,15 @@
 pub mod egress;
 pub mod firmware;
 pub mod ingress;
+pub mod job;
+pub mod journal;
 pub mod messages;
 pub mod mqtt;
 pub mod paths;
 pub mod router;
 pub mod s3_carrier;
 pub mod service;
+pub mod status;
 pub mod time;
 pub mod writer;
 

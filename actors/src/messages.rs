@@ -1,6 +1,7 @@
 //! The typed messages the actors exchange, in the order a firmware_image
 //! travels: ingress → router ([`Envelope`]), router → carrier ([`RunTask`]),
-//! carrier → writer ([`Install`]), carrier → egress ([`Publish`]).
+//! carrier → writer ([`crate::writer::Append`], [`crate::writer::Commit`]),
+//! carrier → egress ([`Publish`]).
 
 use std::sync::Arc;
 
@@ -8,9 +9,6 @@ use actix::Message;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use serde::Serialize;
-
-use crate::paths::ConfinedPath;
-use crate::writer::{InstallError, Installed};
 
 /// A message in SCARECRO's envelope, as every SCARECRO component sees it.
 #[derive(Debug, Clone, Serialize, Message)]
@@ -32,22 +30,19 @@ pub struct RunTask {
     pub envelope: Envelope,
 }
 
-/// The body of an image as it arrives from the bucket.
-pub type ByteStream = BoxStream<'static, Result<Bytes, object_store::Error>>;
-
-/// Carrier → writer: put an image at `image` and then `pointer_contents` at
-/// `pointer`, each atomically, the pointer last.
-#[derive(Message)]
-#[rtype(result = "Result<Installed, InstallError>")]
-pub struct Install {
-    pub msg_id: String,
-    pub image: ConfinedPath,
-    pub pointer: ConfinedPath,
-    pub pointer_contents: String,
-    pub body: ByteStream,
-    /// Bytes the bucket says the object has; anything else is a failure.
-    pub expected_size: u64,
+/// Why the bytes of an object stopped coming.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+    #[error("no data for {0:?}")]
+    Idle(std::time::Duration),
+    #[error("the transfer was stopped")]
+    Stopped,
 }
+
+/// The body of an image as it arrives from the bucket.
+pub type ByteStream = BoxStream<'static, Result<Bytes, TransferError>>;
 
 /// Carrier → egress: send a message of `message_type` on every send address
 /// that carries it.

@@ -1,50 +1,28 @@
 //! The S3 carrier and its one task function, `handle_new_firmware_message`.
 //!
-//! A `firmware_image` is checked and confined when it arrives, then queued;
-//! a worker takes jobs one at a time: fetch the object as a stream, hand it to
-//! the writer, and only when image and pointer are in place ask egress for a
-//! `confirm_receipt`. Any failure is logged with the message id and cause and
-//! leaves no trace on disk; the worker goes on with the next job.
+//! A `firmware_image` is checked and confined when it arrives, written to the
+//! job journal, and queued; `jobs.concurrency` workers take jobs from the
+//! bounded queue and run them ([`crate::job`]). A full queue holds the router,
+//! and so MQTT ingress, back. Jobs left unfinished by a previous run are
+//! queued first.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{
-    Actor, AsyncContext, Context, Handler, Recipient, ResponseFuture, Supervised, WrapFuture,
-};
+use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture, Supervised, WrapFuture};
 use gator_ota_settings::{Bucket, S3Carrier};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig};
-use tokio::sync::mpsc;
-use tracing::{Instrument, error, info, info_span, warn};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use tokio::sync::{Mutex, mpsc};
+use tracing::{error, info};
 
-use crate::firmware::{Defaults, FirmwareJob, InvalidMessage};
-use crate::messages::{Install, Publish, RunTask};
+use crate::firmware::{Defaults, FirmwareJob};
+use crate::job::Runner;
+use crate::journal::{JobRecord, JobState};
+use crate::messages::RunTask;
 use crate::paths::Confinement;
-use crate::time;
-use crate::writer::InstallError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CarrierError {
-    #[error("invalid firmware_image: {0}")]
-    Invalid(#[from] InvalidMessage),
-    #[error("object {0:?} does not exist in the bucket")]
-    NotFound(String),
-    #[error("the bucket refused the credentials: {0}")]
-    Auth(#[source] object_store::Error),
-    #[error("cannot fetch the object: {0}")]
-    Fetch(#[source] object_store::Error),
-    #[error("object {0:?} is not a valid object key: {1}")]
-    BadKey(String, #[source] object_store::path::Error),
-    #[error("the object has {size} bytes, more than the {max} allowed (firmware.max_image_bytes)")]
-    TooLarge { size: u64, max: u64 },
-    #[error("{0}")]
-    Install(#[from] InstallError),
-    #[error("the filesystem writer is not running: {0}")]
-    WriterGone(#[source] actix::MailboxError),
-}
+use crate::status::{Reason, State};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreSetupError {
@@ -94,9 +72,11 @@ pub fn open_store(
                         .with_timeout(carrier.timeout)
                         .with_allow_http(carrier.allow_http),
                 )
+                // Retries of whole jobs, with resume, are the job's business
+                // (`[jobs]`); the client only smooths over a single hiccup.
                 .with_retry(RetryConfig {
-                    max_retries: 3,
-                    retry_timeout: Duration::from_secs(60),
+                    max_retries: 1,
+                    retry_timeout: Duration::from_secs(10),
                     ..RetryConfig::default()
                 });
             if !carrier.region.is_empty() {
@@ -117,51 +97,65 @@ pub fn open_store(
     }
 }
 
-/// What a job needs, shared by the actor and its worker.
-struct Deps {
-    store: Arc<dyn ObjectStore>,
-    writer: Recipient<Install>,
-    egress: Recipient<Publish>,
-    system_id: String,
-    max_image_bytes: u64,
-}
+type Queued = (JobRecord, FirmwareJob);
 
 pub struct S3CarrierActor {
     name: String,
-    deps: Arc<Deps>,
+    runner: Arc<Runner>,
     confinement: Arc<Confinement>,
     defaults: Defaults,
     queue_capacity: usize,
-    /// Set in `started`, so a restarted actor gets a fresh queue and worker.
-    queue: Option<mpsc::Sender<FirmwareJob>>,
+    concurrency: usize,
+    /// Jobs found in the journal at start-up, queued before anything new.
+    resumed: Vec<Queued>,
+    /// Set in `started`, so a restarted actor gets a fresh queue and workers.
+    queue: Option<mpsc::Sender<Queued>>,
 }
 
 impl S3CarrierActor {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
-        store: Arc<dyn ObjectStore>,
+        runner: Arc<Runner>,
         confinement: Arc<Confinement>,
         defaults: Defaults,
-        writer: Recipient<Install>,
-        egress: Recipient<Publish>,
-        system_id: String,
-        max_image_bytes: u64,
         queue_capacity: usize,
+        concurrency: usize,
     ) -> Self {
         Self {
             name,
-            deps: Arc::new(Deps {
-                store,
-                writer,
-                egress,
-                system_id,
-                max_image_bytes,
-            }),
+            runner,
             confinement,
             defaults,
             queue_capacity,
+            concurrency,
+            resumed: Vec::new(),
             queue: None,
+        }
+    }
+
+    /// Checks a journal record again (settings may have changed since) and
+    /// turns it into a job, or forgets it with the reason.
+    pub fn resume(&mut self, records: Vec<JobRecord>) {
+        for rec in records {
+            match FirmwareJob::from_content(
+                &rec.msg_id,
+                &rec.content,
+                &self.confinement,
+                &self.defaults,
+            ) {
+                Ok(job) => {
+                    info!(msg_id = %rec.msg_id, state = ?rec.state, "resuming an unfinished job");
+                    self.resumed.push((rec, job));
+                }
+                Err(e) => {
+                    error!(msg_id = %rec.msg_id, error = %e, "an unfinished job is no longer valid; dropped");
+                    let path_free = rec.seq;
+                    let journal = self.runner.journal.clone();
+                    actix::spawn(async move {
+                        let _ = journal.finish(path_free).await;
+                    });
+                }
+            }
         }
     }
 }
@@ -170,31 +164,55 @@ impl Actor for S3CarrierActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let (tx, mut rx) = mpsc::channel::<FirmwareJob>(self.queue_capacity);
-        self.queue = Some(tx);
-        let deps = self.deps.clone();
-        // Spawned on the actor's context: it stops with the actor.
+        let (tx, rx) = mpsc::channel::<Queued>(self.queue_capacity);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..self.concurrency {
+            let (rx, runner) = (rx.clone(), self.runner.clone());
+            // Spawned on the actor's context: they stop with the actor.
+            ctx.spawn(
+                async move {
+                    loop {
+                        let (rec, job, guards) = {
+                            let mut queue = rx.lock().await;
+                            let Some((rec, job)) = queue.recv().await else {
+                                break;
+                            };
+                            let guards = runner.acquire(&job).await;
+                            (rec, job, guards)
+                        };
+                        runner.run(rec, job, guards).await;
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        let resumed = std::mem::take(&mut self.resumed);
+        let feeder = tx.clone();
         ctx.spawn(
             async move {
-                while let Some(job) = rx.recv().await {
-                    run_job(&deps, job).await;
+                for item in resumed {
+                    if feeder.send(item).await.is_err() {
+                        break;
+                    }
                 }
             }
             .into_actor(self),
         );
-        info!(carrier = %self.name, "S3 carrier ready");
+        self.queue = Some(tx);
+        info!(carrier = %self.name, workers = self.concurrency, "S3 carrier ready");
     }
 }
 
 impl Supervised for S3CarrierActor {}
 
 impl Handler<RunTask> for S3CarrierActor {
-    /// Resolves once the job is queued (or rejected).
+    /// Resolves once the job is journalled and queued (or rejected).
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, run: RunTask, _: &mut Context<Self>) -> Self::Result {
         let env = run.envelope;
         let queue = self.queue.clone();
+        let runner = self.runner.clone();
         let job = FirmwareJob::from_content(
             &env.msg_id,
             &env.msg_content,
@@ -205,102 +223,42 @@ impl Handler<RunTask> for S3CarrierActor {
             let job = match job {
                 Ok(job) => job,
                 Err(e) => {
-                    error!(msg_id = %env.msg_id, task = %run.task, error = %CarrierError::from(e), "rejected; nothing was written");
+                    let file_name = env
+                        .msg_content
+                        .get("file_name")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
+                    error!(msg_id = %env.msg_id, task = %run.task, reason = %Reason::InvalidMessage, error = %e,
+                        "invalid firmware_image rejected; nothing was written");
+                    runner.status.send(
+                        &env.msg_id,
+                        file_name,
+                        State::Failed,
+                        None,
+                        Some((Reason::InvalidMessage, &e.to_string())),
+                    );
                     return;
                 }
             };
+            let rec = JobRecord {
+                seq: runner.journal.next_seq(),
+                msg_id: env.msg_id.clone(),
+                content: env.msg_content,
+                state: JobState::Queued,
+                etag: None,
+            };
+            if let Err(e) = runner.journal.save(&rec).await {
+                error!(msg_id = %env.msg_id, error = %e, "cannot journal the job; it runs, but would not survive a restart");
+            }
             info!(msg_id = %job.msg_id, file_name = %job.file_name, cloud_path = %job.cloud_path, "queued");
+            runner
+                .status
+                .send(&job.msg_id, &job.file_name, State::Queued, None, None);
             if let Some(queue) = queue
-                && queue.send(job).await.is_err()
+                && queue.send((rec, job)).await.is_err()
             {
-                error!(msg_id = %env.msg_id, "the carrier's worker has stopped; job not queued");
+                error!(msg_id = %env.msg_id, "the carrier's workers have stopped; the job stays in the journal for the next start");
             }
         })
-    }
-}
-
-async fn run_job(deps: &Deps, job: FirmwareJob) {
-    let span = info_span!("job", msg_id = %job.msg_id, file_name = %job.file_name, cloud_path = %job.cloud_path);
-    async {
-        match download_and_install(deps, &job).await {
-            Ok(installed) => info!(
-                bytes = installed.bytes,
-                sha256 = %installed.sha256,
-                disk_path = %job.disk_path.full().display(),
-                config_path = %job.config_path.full().display(),
-                "installed"
-            ),
-            Err(e) => {
-                error!(error = %e, "firmware job failed; no image or pointer was changed and no confirm_receipt is sent");
-                return;
-            }
-        }
-        if !job.confirm_receipt {
-            info!("confirm_receipt not requested");
-            return;
-        }
-        let confirm = Publish {
-            message_type: "confirm_receipt".into(),
-            content: serde_json::json!({
-                "id": deps.system_id,
-                "file_name": job.file_name,
-                "confirm_receipt": true,
-                "time": time::now(),
-            }),
-        };
-        match deps.egress.send(confirm).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "confirm_receipt not sent"),
-            Err(e) => error!(error = %e, "confirm_receipt not sent: egress is not running"),
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-async fn download_and_install(
-    deps: &Deps,
-    job: &FirmwareJob,
-) -> Result<crate::writer::Installed, CarrierError> {
-    let key = ObjectPath::parse(&job.cloud_path)
-        .map_err(|e| CarrierError::BadKey(job.cloud_path.clone(), e))?;
-    let got = deps
-        .store
-        .get(&key)
-        .await
-        .map_err(|e| classify(&job.cloud_path, e))?;
-    let size = got.meta.size;
-    if size > deps.max_image_bytes {
-        return Err(CarrierError::TooLarge {
-            size,
-            max: deps.max_image_bytes,
-        });
-    }
-    info!(bytes = size, "downloading");
-    let install = Install {
-        msg_id: job.msg_id.clone(),
-        image: job.disk_path.clone(),
-        pointer: job.config_path.clone(),
-        pointer_contents: job.file_name.clone(),
-        body: got.into_stream(),
-        expected_size: size,
-    };
-    let installed = deps
-        .writer
-        .send(install)
-        .await
-        .map_err(CarrierError::WriterGone)??;
-    Ok(installed)
-}
-
-fn classify(cloud_path: &str, e: object_store::Error) -> CarrierError {
-    match e {
-        object_store::Error::NotFound { .. } => CarrierError::NotFound(cloud_path.to_string()),
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => CarrierError::Auth(e),
-        other => {
-            warn!(error = %other, "bucket request failed");
-            CarrierError::Fetch(other)
-        }
     }
 }

@@ -13,11 +13,14 @@ use tracing::{info, warn};
 use crate::egress::MqttEgress;
 use crate::firmware::Defaults;
 use crate::ingress::{IngressConfig, MqttIngress, Subscription};
+use crate::job::{Policy, Runner};
+use crate::journal::Journal;
 use crate::messages::RunTask;
 use crate::mqtt::{self, MqttSetupError};
 use crate::paths::Confinement;
 use crate::router::{RouteError, TaskRouter};
 use crate::s3_carrier::{S3CarrierActor, StoreSetupError, open_store};
+use crate::status::StatusSink;
 use crate::writer::{FsWriter, TEMP_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +93,14 @@ impl Service {
         let (egress_client, qos) = (client.clone(), mqtt_carrier.qos);
         let egress = Supervisor::start(move |_| MqttEgress::new(egress_client, routes, qos));
 
+        let (journal, pending) = Journal::open(data_dir).map_err(folder_err(data_dir))?;
+        let journal = Arc::new(journal);
+        let status = StatusSink {
+            egress: egress.clone().recipient(),
+            system_id: settings.system.id.clone(),
+        };
         let mut carriers: HashMap<String, Recipient<RunTask>> = HashMap::new();
+        let mut pending = Some(pending);
         for task in settings.tasks.values() {
             let name = &task.config_name;
             let Some(Carrier::S3(s3)) = settings.carriers.get(name) else {
@@ -99,22 +109,45 @@ impl Service {
             if carriers.contains_key(name) {
                 continue;
             }
-            let store = open_store(name, s3, data_dir)?;
-            let actor = S3CarrierActor::new(
+            let runner = Arc::new(Runner {
+                store: open_store(name, s3, data_dir)?,
+                append: writer.clone().recipient(),
+                commit: writer.clone().recipient(),
+                remove: writer.clone().recipient(),
+                egress: egress.clone().recipient(),
+                status: status.clone(),
+                journal: journal.clone(),
+                policy: Policy {
+                    attempts: settings.jobs.attempts,
+                    backoff_min: settings.jobs.backoff_min,
+                    backoff_max: settings.jobs.backoff_max,
+                    idle_timeout: settings.jobs.idle_timeout,
+                    reserve_bytes: settings.jobs.reserve_bytes,
+                    keep_images: settings.jobs.keep_images,
+                    progress_step: settings.jobs.progress_step,
+                    max_image_bytes: settings.firmware.max_image_bytes,
+                    max_bytes_per_second: s3.max_bytes_per_second,
+                },
+                system_id: settings.system.id.clone(),
+                locks: Default::default(),
+            });
+            let mut actor = S3CarrierActor::new(
                 name.clone(),
-                store,
+                runner,
                 confinement.clone(),
                 Defaults {
                     images_dir: settings.firmware.images_dir.display().to_string(),
                     pointer_file: settings.firmware.pointer_file.display().to_string(),
                     prefix: s3.prefix.clone(),
                 },
-                writer.clone().recipient(),
-                egress.clone().recipient(),
-                settings.system.id.clone(),
-                settings.firmware.max_image_bytes,
                 settings.pipeline.queue,
+                settings.jobs.concurrency,
             );
+            // The journal does not say which carrier a job came from; with one
+            // firmware carrier (the SCARECRO setup) they all go to it.
+            if let Some(p) = pending.take() {
+                actor.resume(p);
+            }
             let addr = Supervisor::start(move |_| actor);
             carriers.insert(name.clone(), addr.recipient());
         }

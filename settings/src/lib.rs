@@ -57,6 +57,7 @@ pub struct Settings {
     pub system: System,
     pub firmware: Firmware,
     pub pipeline: Pipeline,
+    pub jobs: Jobs,
     pub messages: BTreeMap<String, MessageSpec>,
     pub carriers: BTreeMap<String, Carrier>,
     pub addresses: BTreeMap<String, Address>,
@@ -117,6 +118,23 @@ pub struct Pipeline {
     pub mqtt_buffer: usize,
     pub max_payload_bytes: usize,
     pub write_chunks: usize,
+}
+
+/// How firmware jobs run: concurrency, retries, space and retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jobs {
+    pub concurrency: usize,
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub reserve_bytes: u64,
+    pub keep_images: usize,
+    pub progress_step: u8,
 }
 
 /// How SCARECRO finds the id and time of a message inside its content.
@@ -183,6 +201,7 @@ pub struct S3Carrier {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub max_bytes_per_second: u64,
 }
 
 /// Where the S3 carrier's objects live.

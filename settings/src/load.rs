@@ -60,6 +60,7 @@ pub fn load_with_env(file: Option<&Path>, env: &Env) -> Result<Settings, Setting
         system: get::<System>(&cfg, "system")?,
         firmware: get::<Firmware>(&cfg, "firmware")?,
         pipeline: get::<Pipeline>(&cfg, "pipeline")?,
+        jobs: get(&cfg, "jobs")?,
         messages: get(&cfg, "messages")?,
         carriers: BTreeMap::new(),
         addresses: get(&cfg, "addresses")?,

@@ -42,6 +42,37 @@ impl Settings {
                 return Err(E::invalid(key, "is 0", "use a positive number"));
             }
         }
+        for (key, v) in [
+            ("jobs.concurrency", s.jobs.concurrency),
+            ("jobs.attempts", s.jobs.attempts as usize),
+            ("jobs.keep_images", s.jobs.keep_images),
+            ("jobs.progress_step", s.jobs.progress_step as usize),
+        ] {
+            if v == 0 {
+                return Err(E::invalid(key, "is 0", "use a positive number"));
+            }
+        }
+        if s.jobs.progress_step > 100 {
+            return Err(E::invalid(
+                "jobs.progress_step",
+                "is above 100",
+                "use a percentage such as 10",
+            ));
+        }
+        if s.jobs.backoff_min.is_zero() || s.jobs.backoff_max < s.jobs.backoff_min {
+            return Err(E::invalid(
+                "jobs.backoff_min",
+                "backoff_min must be positive and not above backoff_max",
+                "e.g. backoff_min = \"1s\", backoff_max = \"60s\"",
+            ));
+        }
+        if s.jobs.idle_timeout.is_zero() {
+            return Err(E::invalid(
+                "jobs.idle_timeout",
+                "is 0",
+                "use a duration such as \"30s\"",
+            ));
+        }
         if s.firmware.max_image_bytes == 0 {
             return Err(E::invalid(
                 "firmware.max_image_bytes",

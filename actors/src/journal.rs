@@ -1,0 +1,240 @@
+//! The job journal and the index of installed images, both on disk.
+//!
+//! An accepted `firmware_image` is written to `<data_dir>/jobs/` before any
+//! work starts and removed only when the job has ended (installed and
+//! confirmed, or failed), so a process killed at any moment finds its
+//! unfinished jobs on the next start. `<data_dir>/installed.json` remembers
+//! what was installed where: it makes a repeated message cheap (no second
+//! download) and bounds retention to images gator-ota itself put there.
+//! Every write is atomic (temporary file, fsync, rename, folder fsync).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{error, warn};
+
+use crate::writer::write_atomic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted, not started.
+    Queued,
+    /// Bytes are being staged; `etag` says which version of the object.
+    Downloading,
+    /// Image and pointer are in place; the confirm_receipt may be owed.
+    Installed,
+}
+
+/// One unfinished job, as it is kept on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub seq: u64,
+    pub msg_id: String,
+    /// The message content as received; re-checked on resume.
+    pub content: Value,
+    pub state: JobState,
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+/// An image gator-ota installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledImage {
+    pub file_name: String,
+    pub cloud_path: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub md5: String,
+    pub etag: Option<String>,
+    /// Order of installation, for retention.
+    pub seq: u64,
+}
+
+pub struct Journal {
+    jobs_dir: PathBuf,
+    index_path: PathBuf,
+    next_seq: AtomicU64,
+    /// disk_path → image. A tokio mutex: it is held across the file write so
+    /// two jobs cannot interleave their updates.
+    index: tokio::sync::Mutex<BTreeMap<PathBuf, InstalledImage>>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal and returns the unfinished jobs, oldest
+    /// first. Blocking; called once at start-up.
+    pub fn open(data_dir: &Path) -> io::Result<(Self, Vec<JobRecord>)> {
+        let jobs_dir = data_dir.join("jobs");
+        std::fs::create_dir_all(&jobs_dir)?;
+        let mut pending = Vec::new();
+        for entry in std::fs::read_dir(&jobs_dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<JobRecord>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(rec) => pending.push(rec),
+                Err(e) => {
+                    error!(path = %path.display(), error = %e, "unreadable job record; set aside as .corrupt");
+                    let _ = std::fs::rename(&path, path.with_extension("corrupt"));
+                }
+            }
+        }
+        pending.sort_by_key(|r| r.seq);
+        let index_path = data_dir.join("installed.json");
+        let index: BTreeMap<PathBuf, InstalledImage> = match std::fs::read(&index_path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                warn!(path = %index_path.display(), error = %e, "unreadable index of installed images; starting a new one");
+                BTreeMap::new()
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        let last = pending
+            .iter()
+            .map(|r| r.seq)
+            .chain(index.values().map(|i| i.seq))
+            .max()
+            .unwrap_or(0);
+        Ok((
+            Self {
+                jobs_dir,
+                index_path,
+                next_seq: AtomicU64::new(last + 1),
+                index: tokio::sync::Mutex::new(index),
+            },
+            pending,
+        ))
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn job_path(&self, seq: u64) -> PathBuf {
+        self.jobs_dir.join(format!("{seq:020}.json"))
+    }
+
+    /// Writes (or rewrites) a job record durably.
+    pub async fn save(&self, rec: &JobRecord) -> io::Result<()> {
+        let path = self.job_path(rec.seq);
+        let bytes = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
+        blocking(move || write_atomic(&path, &bytes)).await
+    }
+
+    /// Forgets a job that has ended.
+    pub async fn finish(&self, seq: u64) -> io::Result<()> {
+        let path = self.job_path(seq);
+        let dir = self.jobs_dir.clone();
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+    }
+
+    pub async fn installed(&self, disk_path: &Path) -> Option<InstalledImage> {
+        self.index.lock().await.get(disk_path).cloned()
+    }
+
+    /// Images installed in `dir`, newest first.
+    pub async fn installed_in(&self, dir: &Path) -> Vec<(PathBuf, InstalledImage)> {
+        let index = self.index.lock().await;
+        let mut found: Vec<_> = index
+            .iter()
+            .filter(|(p, _)| p.parent() == Some(dir))
+            .map(|(p, i)| (p.clone(), i.clone()))
+            .collect();
+        found.sort_by_key(|(_, i)| std::cmp::Reverse(i.seq));
+        found
+    }
+
+    pub async fn record_installed(
+        &self,
+        disk_path: PathBuf,
+        image: InstalledImage,
+    ) -> io::Result<()> {
+        let mut index = self.index.lock().await;
+        index.insert(disk_path, image);
+        self.write_index(&index).await
+    }
+
+    pub async fn forget_installed(&self, paths: &[PathBuf]) -> io::Result<()> {
+        let mut index = self.index.lock().await;
+        for p in paths {
+            index.remove(p);
+        }
+        self.write_index(&index).await
+    }
+
+    async fn write_index(&self, index: &BTreeMap<PathBuf, InstalledImage>) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(index).map_err(io::Error::other)?;
+        let path = self.index_path.clone();
+        blocking(move || write_atomic(&path, &bytes)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn unfinished_jobs_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, pending) = Journal::open(dir.path()).unwrap();
+        assert!(pending.is_empty());
+        for _ in 0..3 {
+            let rec = JobRecord {
+                seq: j.next_seq(),
+                msg_id: "m".into(),
+                content: serde_json::json!({"file_name": "a"}),
+                state: JobState::Queued,
+                etag: None,
+            };
+            j.save(&rec).await.unwrap();
+        }
+        j.finish(2).await.unwrap();
+        let image = InstalledImage {
+            file_name: "a".into(),
+            cloud_path: "fw/a".into(),
+            bytes: 1,
+            sha256: "x".into(),
+            md5: "y".into(),
+            etag: None,
+            seq: 9,
+        };
+        j.record_installed(dir.path().join("a.bin"), image.clone())
+            .await
+            .unwrap();
+        std::fs::write(dir.path().join("jobs/garbage.json"), "{").unwrap();
+        drop(j);
+
+        let (j, pending) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            pending.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(j.next_seq(), 10);
+        assert_eq!(j.installed(&dir.path().join("a.bin")).await, Some(image));
+        assert!(dir.path().join("jobs/garbage.corrupt").exists());
+    }
+}
