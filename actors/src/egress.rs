@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use actix::{Actor, Context, Handler, ResponseFuture, Supervised};
 use paho_mqtt as paho;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::messages::Publish;
 
@@ -73,7 +73,7 @@ impl Handler<Publish> for MqttEgress {
                 let message_type = msg.message_type.clone();
                 actix::spawn(async move {
                     match tokio::time::timeout(ack_timeout, token).await {
-                        Ok(Ok(())) => info!(%topic, %message_type, "published"),
+                        Ok(Ok(())) => debug!(%topic, %message_type, "published"),
                         Ok(Err(e)) => {
                             warn!(%topic, %message_type, error = %e, "the broker did not take the message; the client retries after reconnecting")
                         }

@@ -115,6 +115,7 @@ impl Runner {
                         error!(reason = %f.reason, error = %f.detail, "firmware job failed; the previous image and pointer are unchanged and no confirm_receipt is sent");
                         self.status
                             .send(&job.msg_id, &job.file_name, State::Failed, None, Some((f.reason, &f.detail)));
+                        self.discard(&job).await;
                         self.end(&rec).await;
                         return;
                     }
@@ -638,9 +639,15 @@ fn meter(body: BoxStream<'static, object_store::Result<bytes::Bytes>>, m: Meter)
                 }
                 let pct = percent(m.base + m.sent, m.total);
                 if pct >= m.next_pct && pct < 100 {
-                    m.status
-                        .send(&m.msg_id, &m.file_name, State::Downloading, Some(pct), None);
-                    info!(percent = pct, "DOWNLOADING");
+                    let shown = pct / m.step * m.step;
+                    m.status.send(
+                        &m.msg_id,
+                        &m.file_name,
+                        State::Downloading,
+                        Some(shown),
+                        None,
+                    );
+                    info!(percent = shown, "DOWNLOADING");
                     m.next_pct = next_step(m.base + m.sent, m.total, m.step);
                 }
                 Some((Ok(bytes), Some((body, m))))

@@ -223,8 +223,9 @@ fn the_mqtt_carrier(
     }
 }
 
-/// Removes temporaries a killed process left behind. They never sit at a
-/// destination, but they take space.
+/// Removes temporaries a killed process left behind (never at a destination,
+/// but they take space). Staging files (`.part`) stay: the unfinished job
+/// they belong to resumes from them, and a job that ends removes its own.
 fn sweep_temporaries(dir: &Path, depth: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -234,7 +235,8 @@ fn sweep_temporaries(dir: &Path, depth: usize) {
             continue;
         };
         let name = entry.file_name();
-        if kind.is_file() && name.to_string_lossy().starts_with(TEMP_PREFIX) {
+        let name = name.to_string_lossy();
+        if kind.is_file() && name.starts_with(TEMP_PREFIX) && name.ends_with(".tmp") {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {
                     info!(path = %entry.path().display(), "removed a leftover temporary file")

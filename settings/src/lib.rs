@@ -247,10 +247,30 @@ pub enum Direction {
 pub struct Address {
     pub carrier: String,
     pub send_or_receive: Direction,
+    /// One type or a list; SCARECRO writes both, and an environment
+    /// variable can only give one.
+    #[serde(deserialize_with = "one_or_many")]
     pub message_type: Vec<String>,
     pub duration: String,
     /// The MQTT topic (SCARECRO's `additional_info.topic`).
     pub topic: String,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// A SCARECRO task: which carrier function runs for which message.

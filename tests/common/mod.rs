@@ -103,7 +103,7 @@ impl World {
 
 /// A running `gator-ota run`, its log collected as it is written.
 pub struct Gateway {
-    child: Child,
+    child: Mutex<Child>,
     log: Arc<Mutex<String>>,
 }
 
@@ -132,7 +132,10 @@ impl Gateway {
                 log.push('\n');
             }
         });
-        let gw = Self { child, log };
+        let gw = Self {
+            child: Mutex::new(child),
+            log,
+        };
         gw.wait_log("subscribed");
         gw
     }
@@ -160,6 +163,13 @@ impl Gateway {
             if last >= n {
                 return;
             }
+            if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the log reader drain
+                panic!(
+                    "gator-ota exited ({status}) while waiting for {what}; log:\n{}",
+                    self.log()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
@@ -168,13 +178,23 @@ impl Gateway {
         );
     }
 
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(self) {
+        let mut child = self.child.lock().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// Sends SIGTERM and waits for the exit.
-    pub fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    pub fn terminate(self) -> ExitStatus {
+        let mut child = self.child.lock().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         let mut status = None;
         wait_until(DEADLINE, "gator-ota to exit", || {
-            status = self.child.try_wait().unwrap();
+            status = child.try_wait().unwrap();
             status.is_some()
         });
         status.unwrap()
@@ -183,8 +203,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

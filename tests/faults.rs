@@ -1,0 +1,402 @@
+//! Fault injection: the flow survives what a gateway in a field meets — a
+//! cut transfer, a killed process, an outage, a corrupted object, a full
+//! disk, a storm of duplicates — against the real broker and S3 server.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Settings that make faults quick to recover from and transfers slow
+/// enough to interrupt: `rate` bytes per second.
+fn env_with(world: &World, rate: u64) -> Vec<(String, String)> {
+    let mut env = world.env();
+    for (k, v) in [
+        ("GATOR_OTA__JOBS__BACKOFF_MIN", "100ms"),
+        ("GATOR_OTA__JOBS__BACKOFF_MAX", "500ms"),
+        ("GATOR_OTA__JOBS__ATTEMPTS", "40"),
+        ("GATOR_OTA__JOBS__IDLE_TIMEOUT", "3s"),
+        (
+            "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__MAX_BYTES_PER_SECOND",
+            &rate.to_string(),
+        ),
+        ("GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__CARRIER", "mqtt"),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__SEND_OR_RECEIVE",
+            "send",
+        ),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__MESSAGE_TYPE",
+            "firmware_status",
+        ),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__DURATION",
+            "on_message",
+        ),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__TOPIC",
+            STATUS_TOPIC,
+        ),
+    ] {
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+const STATUS_TOPIC: &str = "scarecro/firmware_status";
+const MIB: u64 = 1024 * 1024;
+
+fn message(id: &str, file_name: &str, cloud_path: &str) -> serde_json::Value {
+    json!({"id": id, "time": "2026-11-27T10:00:00.000000", "file_name": file_name, "cloud_path": cloud_path})
+}
+
+/// Statuses for `msg_id` until one is terminal (INSTALLED or FAILED).
+fn statuses_until_done(sub: &Subscriber, msg_id: &str) -> Vec<serde_json::Value> {
+    let mut seen = vec![];
+    while let Some(s) = sub.recv_json(DEADLINE) {
+        if s["msg_id"] != msg_id {
+            continue;
+        }
+        let done = s["status"] == "INSTALLED" || s["status"] == "FAILED";
+        seen.push(s);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no terminal status for {msg_id}; saw {seen:?}");
+}
+
+#[test]
+fn a_cut_transfer_resumes_with_a_ranged_get() {
+    let mut world = World::new();
+    let sha = world
+        .s3
+        .put_random_object(BUCKET, "fw/big.bin", 12 * MIB, 7);
+    let gw = Gateway::start(env_with(&world, 4 * MIB));
+    let confirms = world.confirms();
+
+    world.publish_json(&message("cut", "big", "fw/big.bin"));
+    gw.wait_log("percent=20");
+    world.s3.stop();
+    gw.wait_log("download attempt failed");
+    world.s3.restart();
+
+    let confirm = confirms
+        .recv_json(Duration::from_secs(60))
+        .expect("confirm after the resume");
+    assert_eq!(confirm["file_name"], "big");
+    assert_eq!(sha256_file(&world.image("big")), sha);
+    assert!(
+        gw.log().contains("resuming with a ranged GET"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        gw.count("downloading bytes="),
+        1,
+        "the download started once:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn a_killed_gateway_finishes_the_job_after_restart_with_one_confirm() {
+    let world = World::new();
+    let sha = world
+        .s3
+        .put_random_object(BUCKET, "fw/big.bin", 12 * MIB, 8);
+    let env = env_with(&world, 4 * MIB);
+    let confirms = world.confirms();
+
+    let gw = Gateway::start(env.clone());
+    world.publish_json(&message("killed", "big", "fw/big.bin"));
+    gw.wait_log("percent=20");
+    gw.kill();
+    assert!(
+        !world.image("big").exists(),
+        "nothing at disk_path mid-download"
+    );
+
+    let gw = Gateway::start(env);
+    let confirm = confirms
+        .recv_json(Duration::from_secs(60))
+        .expect("confirm after the restart");
+    assert_eq!(confirm["file_name"], "big");
+    assert_eq!(sha256_file(&world.image("big")), sha);
+    assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "big");
+    assert!(
+        gw.log().contains("resuming an unfinished job"),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("resuming with a ranged GET"),
+        "{}",
+        gw.log()
+    );
+    confirms.expect_none(Duration::from_secs(1));
+    let journal = files_under(&world.data_dir().join("jobs"));
+    assert!(
+        journal.is_empty(),
+        "finished jobs leave the journal: {journal:?}"
+    );
+}
+
+#[test]
+fn a_broker_outage_during_a_job_does_not_lose_the_confirm() {
+    let mut world = World::new();
+    let sha = world.s3.put_random_object(BUCKET, "fw/big.bin", 8 * MIB, 9);
+    let gw = Gateway::start(env_with(&world, 4 * MIB));
+
+    world.publish_json(&message("outage", "big", "fw/big.bin"));
+    gw.wait_log("percent=20");
+    world.broker.stop();
+    gw.wait_log("lost the broker connection");
+    world.broker.restart();
+    let confirms = world.confirms();
+    gw.wait_count("subscribed", 2);
+
+    let confirm = confirms
+        .recv_json(Duration::from_secs(60))
+        .expect("confirm after the outage");
+    assert_eq!(confirm["file_name"], "big");
+    assert_eq!(sha256_file(&world.image("big")), sha);
+}
+
+#[test]
+fn messages_published_while_the_gateway_is_offline_arrive_after_it_reconnects() {
+    let world = World::new();
+    world.s3.put_object(BUCKET, "fw/a.bin", b"image a");
+    let env = world.env();
+    let confirms = world.confirms();
+    // The first run registers the persistent session on the broker.
+    Gateway::start(env.clone()).kill();
+
+    world.publish_json(&message("while-offline", "a", "fw/a.bin"));
+    let _gw = Gateway::start(env);
+    let confirm = confirms
+        .recv_json(DEADLINE)
+        .expect("the message queued by the broker is processed");
+    assert_eq!(confirm["file_name"], "a");
+}
+
+#[test]
+fn a_corrupted_object_is_caught_by_its_etag_and_keeps_the_old_image() {
+    let world = World::new();
+    world.s3.put_object(BUCKET, "fw/v1.bin", b"version one");
+    world.s3.put_object(BUCKET, "fw/v2.bin", b"version two");
+    let gw = Gateway::start(env_with(&world, 0));
+    let confirms = world.confirms();
+    let statuses = Subscriber::new(&world.broker.url(), STATUS_TOPIC);
+    let mut first = message("v1", "v1", "fw/v1.bin");
+    first["disk_path"] = json!("firmware_images/current.bin");
+    world.publish_json(&first);
+    confirms.recv_json(DEADLINE).expect("v1 installed");
+
+    // Flip bytes behind the server's back: its ETag (an MD5) no longer matches.
+    std::fs::write(world.s3.object_path(BUCKET, "fw/v2.bin"), b"version tw0").unwrap();
+    let mut second = message("v2", "v2", "fw/v2.bin");
+    second["disk_path"] = json!("firmware_images/current.bin");
+    world.publish_json(&second);
+
+    let seen = statuses_until_done(&statuses, "v2");
+    let last = seen.last().unwrap();
+    assert_eq!(last["status"], "FAILED", "{seen:?}");
+    assert_eq!(last["reason"], "CHECKSUM_MISMATCH", "{seen:?}");
+    assert_eq!(
+        std::fs::read(world.data_dir().join("firmware_images/current.bin")).unwrap(),
+        b"version one"
+    );
+    assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "v1");
+    assert!(
+        gw.log().contains("reason=CHECKSUM_MISMATCH"),
+        "{}",
+        gw.log()
+    );
+    confirms.expect_none(Duration::from_millis(300));
+}
+
+#[test]
+fn message_checksums_and_sizes_are_enforced() {
+    let world = World::new();
+    let sha = world.s3.put_random_object(BUCKET, "fw/a.bin", 100_000, 3);
+    let _gw = Gateway::start(env_with(&world, 0));
+    let confirms = world.confirms();
+    let statuses = Subscriber::new(&world.broker.url(), STATUS_TOPIC);
+
+    let mut wrong_sha = message("bad-sha", "a", "fw/a.bin");
+    wrong_sha["sha256"] = json!("00".repeat(32));
+    world.publish_json(&wrong_sha);
+    assert_eq!(
+        statuses_until_done(&statuses, "bad-sha").last().unwrap()["reason"],
+        "CHECKSUM_MISMATCH"
+    );
+
+    let mut wrong_size = message("bad-size", "a", "fw/a.bin");
+    wrong_size["size"] = json!(99_999);
+    world.publish_json(&wrong_size);
+    assert_eq!(
+        statuses_until_done(&statuses, "bad-size").last().unwrap()["reason"],
+        "SIZE_MISMATCH"
+    );
+    assert!(!world.image("a").exists());
+    assert!(!world.pointer().exists());
+
+    let mut right = message("right", "a", "fw/a.bin");
+    right["sha256"] = json!(gator_ota_testkit::to_hex(&sha));
+    right["size"] = json!(100_000);
+    world.publish_json(&right);
+    let seen = statuses_until_done(&statuses, "right");
+    let states: Vec<_> = seen
+        .iter()
+        .map(|s| s["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("QUEUED"),
+        "{states:?}"
+    );
+    for state in ["DOWNLOADING", "DOWNLOADED", "VERIFIED", "INSTALLED"] {
+        assert!(
+            states.iter().any(|s| s == state),
+            "{state} missing from {states:?}"
+        );
+    }
+    assert_eq!(confirms.recv_json(DEADLINE).unwrap()["file_name"], "a");
+}
+
+#[test]
+fn twenty_duplicates_download_once_and_confirm_each() {
+    let world = World::new();
+    world.s3.put_random_object(BUCKET, "fw/a.bin", 2 * MIB, 4);
+    let gw = world.gateway();
+    let confirms = world.confirms();
+
+    for _ in 0..20 {
+        world.publish_json(&message("dup", "a", "fw/a.bin"));
+    }
+    for i in 0..20 {
+        confirms
+            .recv_json(DEADLINE)
+            .unwrap_or_else(|| panic!("confirm {i} of 20"));
+    }
+    assert_eq!(gw.count("downloading bytes="), 1, "{}", gw.log());
+    assert_eq!(gw.count("already installed"), 19, "{}", gw.log());
+    confirms.expect_none(Duration::from_millis(300));
+}
+
+#[test]
+fn old_images_are_pruned_but_the_current_one_stays() {
+    let world = World::new();
+    for v in 1..=5 {
+        world.s3.put_object(
+            BUCKET,
+            &format!("fw/v{v}.bin"),
+            format!("image {v}").as_bytes(),
+        );
+    }
+    let mut env = world.env();
+    env.push(("GATOR_OTA__JOBS__KEEP_IMAGES".into(), "2".into()));
+    let _gw = Gateway::start(env);
+    let confirms = world.confirms();
+    let keep = world.data_dir().join("firmware_images/operator-file.txt");
+    std::fs::create_dir_all(keep.parent().unwrap()).unwrap();
+    std::fs::write(&keep, "not ours").unwrap();
+
+    for v in 1..=5 {
+        world.publish_json(&message(
+            &format!("v{v}"),
+            &format!("v{v}"),
+            &format!("fw/v{v}.bin"),
+        ));
+        confirms.recv_json(DEADLINE).expect("confirm");
+    }
+    let left: Vec<_> = files_under(&world.data_dir().join("firmware_images"))
+        .into_iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["operator-file.txt", "v4.bin", "v5.bin"]);
+    assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "v5");
+}
+
+/// A tmpfs of `size` mounted over `dir` for the test's life.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Self(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs here ({}); disk-full test not run",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount ({e}); disk-full test not run");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_disk_that_fills_mid_write_fails_the_job_cleanly() {
+    let world = World::new();
+    world.s3.put_object(BUCKET, "fw/old.bin", b"old image");
+    world.s3.put_random_object(BUCKET, "fw/big.bin", 6 * MIB, 5);
+    world
+        .s3
+        .put_random_object(BUCKET, "fw/huge.bin", 12 * MIB, 6);
+    let Some(_disk) = SmallDisk::mount(&world.data_dir(), "10m") else {
+        return;
+    };
+    let mut env = env_with(&world, 3 * MIB);
+    env.push(("GATOR_OTA__JOBS__RESERVE_BYTES".into(), "0".into()));
+    let gw = Gateway::start(env);
+    let confirms = world.confirms();
+    let statuses = Subscriber::new(&world.broker.url(), STATUS_TOPIC);
+
+    world.publish_json(&message("old", "old", "fw/old.bin"));
+    confirms.recv_json(DEADLINE).expect("old installed");
+
+    // Too big from the start: refused before a byte is written.
+    world.publish_json(&message("huge", "huge", "fw/huge.bin"));
+    assert_eq!(
+        statuses_until_done(&statuses, "huge").last().unwrap()["reason"],
+        "NO_SPACE"
+    );
+
+    // Fits at first, then something else takes the space mid-write.
+    world.publish_json(&message("big", "big", "fw/big.bin"));
+    gw.wait_log("percent=20");
+    let filler = world.data_dir().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 7 * MIB as usize]);
+    let seen = statuses_until_done(&statuses, "big");
+    assert_eq!(seen.last().unwrap()["reason"], "NO_SPACE", "{seen:?}");
+
+    assert_eq!(std::fs::read(world.image("old")).unwrap(), b"old image");
+    assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "old");
+    assert!(!world.image("big").exists());
+    let temporaries: Vec<_> = files_under(&world.data_dir())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/.gator-ota-"))
+        .collect();
+    assert!(temporaries.is_empty(), "{temporaries:?}");
+    confirms.expect_none(Duration::from_millis(300));
+}
