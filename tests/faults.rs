@@ -400,3 +400,69 @@ fn a_disk_that_fills_mid_write_fails_the_job_cleanly() {
     assert!(temporaries.is_empty(), "{temporaries:?}");
     confirms.expect_none(Duration::from_millis(300));
 }
+
+#[test]
+fn an_object_replaced_mid_download_is_fetched_again_whole() {
+    let mut world = World::new();
+    world.s3.put_random_object(BUCKET, "fw/a.bin", 8 * MIB, 10);
+    let gw = Gateway::start(env_with(&world, 4 * MIB));
+    let confirms = world.confirms();
+
+    world.publish_json(&message("replaced", "a", "fw/a.bin"));
+    gw.wait_log("percent=20");
+    world.s3.stop();
+    let new_sha = world.s3.put_random_object(BUCKET, "fw/a.bin", 6 * MIB, 11);
+    world.s3.restart();
+
+    confirms
+        .recv_json(Duration::from_secs(60))
+        .expect("confirm for the new version");
+    assert_eq!(sha256_file(&world.image("a")), new_sha);
+    assert!(gw.log().contains("starting over"), "{}", gw.log());
+}
+
+#[test]
+fn a_burst_larger_than_every_queue_is_processed_whole_and_in_order() {
+    let world = World::new();
+    world
+        .s3
+        .put_random_object(BUCKET, "fw/slow.bin", 2 * MIB, 12);
+    for i in 0..15 {
+        world.s3.put_object(
+            BUCKET,
+            &format!("fw/s{i}.bin"),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    let mut env = env_with(&world, MIB);
+    for (k, v) in [
+        ("GATOR_OTA__PIPELINE__QUEUE", "1"),
+        ("GATOR_OTA__PIPELINE__MQTT_BUFFER", "1"),
+        ("GATOR_OTA__JOBS__CONCURRENCY", "1"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let gw = Gateway::start(env);
+    let confirms = world.confirms();
+
+    world.publish_json(&message("slow", "slow", "fw/slow.bin"));
+    for i in 0..15 {
+        world.publish_json(&message(
+            &format!("s{i}"),
+            &format!("s{i}"),
+            &format!("fw/s{i}.bin"),
+        ));
+    }
+    let mut names = vec![];
+    for _ in 0..16 {
+        let c = confirms
+            .recv_json(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("only {names:?} confirmed; log:\n{}", gw.log()));
+        names.push(c["file_name"].as_str().unwrap().to_string());
+    }
+    let mut want: Vec<String> = (0..15).map(|i| format!("s{i}")).collect();
+    want.insert(0, "slow".into());
+    assert_eq!(names, want, "every message processed, in order");
+    assert!(gw.log().contains("ingress is busy"), "{}", gw.log());
+    assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "s14");
+}

@@ -61,9 +61,8 @@ impl MqttIngress {
     /// Builds the actor inside `ctx` so the message stream, which cannot be
     /// a field, is attached before the first connection.
     pub fn create(cfg: IngressConfig, ctx: &mut Context<Self>) -> Self {
-        let mut client = cfg.client;
-        let rx = client.get_stream(cfg.stream_buffer);
-        ctx.add_stream(rx);
+        let client = cfg.client;
+        attach_stream(&client, cfg.stream_buffer, ctx);
         let topics: Vec<String> = cfg.subscriptions.iter().map(|s| s.topic.clone()).collect();
         let qos = vec![cfg.qos; topics.len()];
         client.set_connected_callback(move |c| {
@@ -131,6 +130,31 @@ impl MqttIngress {
     }
 }
 
+/// Feeds broker messages to the actor. paho's own stream drops messages
+/// when its buffer is full, and its callback must not block (paho holds its
+/// client lock while calling it, so a blocked callback would stall every
+/// publish). So nothing is refused here: the hand-off is unbounded, ingress
+/// takes one message at a time and waits while the job queue is full, and a
+/// backlog beyond `pipeline.mqtt_buffer` is logged once per episode.
+fn attach_stream(client: &paho::AsyncClient, warn_at: usize, ctx: &mut Context<MqttIngress>) {
+    let (tx, rx) = paho::async_channel::unbounded();
+    let mut warned = false;
+    client.set_message_callback(move |_, msg| {
+        let _ = tx.try_send(msg);
+        let backlog = tx.len();
+        if backlog > warn_at && !warned {
+            warn!(
+                backlog,
+                "ingress is busy; messages wait in memory until the job queue has room"
+            );
+            warned = true;
+        } else if backlog <= warn_at / 2 {
+            warned = false;
+        }
+    });
+    ctx.add_stream(rx);
+}
+
 impl Actor for MqttIngress {
     type Context = Context<Self>;
 
@@ -142,7 +166,7 @@ impl Actor for MqttIngress {
 impl Supervised for MqttIngress {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // The old stream ended with the old actor; attach a new one.
-        ctx.add_stream(self.client.get_stream(self.stream_buffer));
+        attach_stream(&self.client, self.stream_buffer, ctx);
     }
 }
 

@@ -273,35 +273,47 @@ impl Runner {
         key: &ObjectPath,
     ) -> Result<(Appended, ObjectMeta), Failure> {
         let p = &self.policy;
-        let meta = self
-            .store
-            .head(key)
-            .await
-            .map_err(|e| fetch_failure(&job.cloud_path, e))?;
-        if meta.size > p.max_image_bytes {
-            return Err(Failure::new(
-                Reason::TooLarge,
-                format!(
-                    "the object has {} bytes, more than firmware.max_image_bytes = {}",
-                    meta.size, p.max_image_bytes
-                ),
-            ));
-        }
-        if let Some(expected) = job.expect.size
-            && expected != meta.size
-        {
-            return Err(Failure::new(
-                Reason::SizeMismatch,
-                format!(
-                    "the message says {expected} bytes, the object has {}",
-                    meta.size
-                ),
-            ));
-        }
-        // A resumed job continues only if the object is the one it started;
-        // `None` means "from whatever the staging file holds".
-        let mut offset: Option<u64> =
-            if rec.state == JobState::Downloading && rec.etag.is_some() && rec.etag == meta.e_tag {
+        let mut attempt = 0;
+        // Each turn fetches the object's current version; a change mid-way
+        // starts the next turn.
+        'object: loop {
+            if attempt >= p.attempts {
+                return Err(Failure::new(
+                    Reason::Unreachable,
+                    format!("gave up after {attempt} attempts: the object kept changing"),
+                ));
+            }
+            let meta = self
+                .store
+                .head(key)
+                .await
+                .map_err(|e| fetch_failure(&job.cloud_path, e))?;
+            if meta.size > p.max_image_bytes {
+                return Err(Failure::new(
+                    Reason::TooLarge,
+                    format!(
+                        "the object has {} bytes, more than firmware.max_image_bytes = {}",
+                        meta.size, p.max_image_bytes
+                    ),
+                ));
+            }
+            if let Some(expected) = job.expect.size
+                && expected != meta.size
+            {
+                return Err(Failure::new(
+                    Reason::SizeMismatch,
+                    format!(
+                        "the message says {expected} bytes, the object has {}",
+                        meta.size
+                    ),
+                ));
+            }
+            // A resumed job continues only if the object is the one it started;
+            // `None` means "from whatever the staging file holds".
+            let mut offset: Option<u64> = if rec.state == JobState::Downloading
+                && rec.etag.is_some()
+                && rec.etag == meta.e_tag
+            {
                 None
             } else {
                 if rec.state == JobState::Downloading {
@@ -309,171 +321,164 @@ impl Runner {
                 }
                 Some(0)
             };
-        let dir = job
-            .disk_path
-            .full()
-            .parent()
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        if let Ok(free) = free_space_of(&dir).await {
-            let needed = meta.size.saturating_add(p.reserve_bytes);
-            if free < needed {
+            let dir = job
+                .disk_path
+                .full()
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            if let Ok(free) = free_space_of(&dir).await {
+                let needed = meta.size.saturating_add(p.reserve_bytes);
+                if free < needed {
+                    return Err(Failure::new(
+                        Reason::NoSpace,
+                        format!(
+                            "{free} bytes free in {}, {needed} needed (image + jobs.reserve_bytes)",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            rec.state = JobState::Downloading;
+            rec.etag = meta.e_tag.clone();
+            if let Err(e) = self.journal.save(rec).await {
                 return Err(Failure::new(
-                    Reason::NoSpace,
-                    format!(
-                        "{free} bytes free in {}, {needed} needed (image + jobs.reserve_bytes)",
-                        dir.display()
-                    ),
+                    Reason::Io,
+                    format!("cannot write the job journal: {e}"),
                 ));
             }
-        }
-        rec.state = JobState::Downloading;
-        rec.etag = meta.e_tag.clone();
-        if let Err(e) = self.journal.save(rec).await {
-            return Err(Failure::new(
-                Reason::Io,
-                format!("cannot write the job journal: {e}"),
-            ));
-        }
 
-        let mut hashes: Option<Hashes> = None;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let from = match offset {
-                Some(o) => o,
-                None => tokio::fs::metadata(staging_path(&job.disk_path))
-                    .await
-                    .map(|m| m.len().min(meta.size))
-                    .unwrap_or(0),
-            };
-            if from > 0 {
-                info!(offset = from, attempt, "resuming with a ranged GET");
-            }
-            if from == meta.size {
-                // Every byte is staged already (cut before the commit): only
-                // the digests are missing.
-                let append = Append {
-                    image: job.disk_path.clone(),
-                    offset: from,
-                    hashes: hashes.take(),
-                    body: stream::empty().boxed(),
-                    total: meta.size,
+            let mut hashes: Option<Hashes> = None;
+            loop {
+                attempt += 1;
+                let from = match offset {
+                    Some(o) => o,
+                    None => tokio::fs::metadata(staging_path(&job.disk_path))
+                        .await
+                        .map(|m| m.len().min(meta.size))
+                        .unwrap_or(0),
                 };
-                match self.append.send(append).await {
-                    Ok(Ok(done)) if done.written == meta.size => return Ok((done, meta)),
-                    _ => {
-                        offset = Some(0);
-                        continue;
-                    }
+                if from > 0 {
+                    info!(offset = from, attempt, "resuming with a ranged GET");
                 }
-            }
-            let opts = GetOptions {
-                range: (from > 0).then_some(GetRange::Offset(from)),
-                if_match: meta.e_tag.clone(),
-                ..GetOptions::default()
-            };
-            let error = match self.store.get_opts(key, opts).await {
-                Ok(got) if got.meta.e_tag != meta.e_tag => {
-                    warn!("the object changed during the download; starting over");
-                    offset = Some(0);
-                    hashes = None;
-                    format!(
-                        "object changed (ETag {:?} → {:?})",
-                        meta.e_tag, got.meta.e_tag
-                    )
-                }
-                Ok(got) => {
-                    if from == 0 {
-                        self.status.send(
-                            &job.msg_id,
-                            &job.file_name,
-                            State::Downloading,
-                            Some(0),
-                            None,
-                        );
-                        info!(bytes = meta.size, "downloading");
-                    }
-                    let body = meter(
-                        got.into_stream(),
-                        Meter {
-                            idle: p.idle_timeout,
-                            rate: p.max_bytes_per_second,
-                            started: Instant::now(),
-                            base: from,
-                            sent: 0,
-                            total: meta.size,
-                            step: p.progress_step.max(1),
-                            next_pct: next_step(from, meta.size, p.progress_step.max(1)),
-                            status: self.status.clone(),
-                            msg_id: job.msg_id.clone(),
-                            file_name: job.file_name.clone(),
-                        },
-                    );
+                if from == meta.size {
+                    // Every byte is staged already (cut before the commit): only
+                    // the digests are missing.
                     let append = Append {
                         image: job.disk_path.clone(),
                         offset: from,
                         hashes: hashes.take(),
-                        body,
+                        body: stream::empty().boxed(),
                         total: meta.size,
                     };
                     match self.append.send(append).await {
                         Ok(Ok(done)) if done.written == meta.size => return Ok((done, meta)),
-                        Ok(Ok(short)) => {
-                            offset = Some(short.written);
-                            let got = short.written;
-                            hashes = Some(short.hashes);
-                            format!("the transfer ended after {got} of {} bytes", meta.size)
+                        _ => {
+                            offset = Some(0);
+                            continue;
                         }
-                        Ok(Err(WriteError::Transfer { progress, source })) => {
-                            offset = Some(progress.written);
-                            hashes = Some(progress.hashes);
-                            if let TransferError::Idle(d) = source {
-                                format!("timeout: no data for {d:?}")
-                            } else {
-                                source.to_string()
+                    }
+                }
+                let opts = GetOptions {
+                    range: (from > 0).then_some(GetRange::Offset(from)),
+                    if_match: meta.e_tag.clone(),
+                    ..GetOptions::default()
+                };
+                let error = match self.store.get_opts(key, opts).await {
+                    Ok(got) if got.meta.e_tag != meta.e_tag => {
+                        warn!("the object changed during the download; starting over");
+                        continue 'object;
+                    }
+                    Ok(got) => {
+                        if from == 0 {
+                            self.status.send(
+                                &job.msg_id,
+                                &job.file_name,
+                                State::Downloading,
+                                Some(0),
+                                None,
+                            );
+                            info!(bytes = meta.size, "downloading");
+                        }
+                        let body = meter(
+                            got.into_stream(),
+                            Meter {
+                                idle: p.idle_timeout,
+                                rate: p.max_bytes_per_second,
+                                started: Instant::now(),
+                                base: from,
+                                sent: 0,
+                                total: meta.size,
+                                step: p.progress_step.max(1),
+                                next_pct: next_step(from, meta.size, p.progress_step.max(1)),
+                                status: self.status.clone(),
+                                msg_id: job.msg_id.clone(),
+                                file_name: job.file_name.clone(),
+                            },
+                        );
+                        let append = Append {
+                            image: job.disk_path.clone(),
+                            offset: from,
+                            hashes: hashes.take(),
+                            body,
+                            total: meta.size,
+                        };
+                        match self.append.send(append).await {
+                            Ok(Ok(done)) if done.written == meta.size => return Ok((done, meta)),
+                            Ok(Ok(short)) => {
+                                offset = Some(short.written);
+                                let got = short.written;
+                                hashes = Some(short.hashes);
+                                format!("the transfer ended after {got} of {} bytes", meta.size)
+                            }
+                            Ok(Err(WriteError::Transfer { progress, source })) => {
+                                offset = Some(progress.written);
+                                hashes = Some(progress.hashes);
+                                if let TransferError::Idle(d) = source {
+                                    format!("timeout: no data for {d:?}")
+                                } else {
+                                    source.to_string()
+                                }
+                            }
+                            Ok(Err(e)) => {
+                                self.discard(job).await;
+                                return Err(write_failure(e));
+                            }
+                            Err(e) => {
+                                return Err(Failure::new(
+                                    Reason::Internal,
+                                    format!("the filesystem writer is not running: {e}"),
+                                ));
                             }
                         }
-                        Ok(Err(e)) => {
-                            self.discard(job).await;
-                            return Err(write_failure(e));
-                        }
-                        Err(e) => {
-                            return Err(Failure::new(
-                                Reason::Internal,
-                                format!("the filesystem writer is not running: {e}"),
-                            ));
-                        }
                     }
-                }
-                Err(object_store::Error::Precondition { .. }) => {
-                    warn!("the object changed during the download; starting over");
-                    offset = Some(0);
-                    hashes = None;
-                    "object changed".to_string()
-                }
-                Err(e) => {
-                    let f = fetch_failure(&job.cloud_path, e);
-                    if matches!(f.reason, Reason::NotFound | Reason::Auth) {
-                        return Err(f);
+                    Err(object_store::Error::Precondition { .. }) => {
+                        warn!("the object changed during the download; starting over");
+                        continue 'object;
                     }
-                    f.detail
-                }
-            };
-            if attempt >= p.attempts {
-                let reason = if error.starts_with("timeout") {
-                    Reason::Timeout
-                } else {
-                    Reason::Unreachable
+                    Err(e) => {
+                        let f = fetch_failure(&job.cloud_path, e);
+                        if matches!(f.reason, Reason::NotFound | Reason::Auth) {
+                            return Err(f);
+                        }
+                        f.detail
+                    }
                 };
-                return Err(Failure::new(
-                    reason,
-                    format!("gave up after {attempt} attempts; last: {error}"),
-                ));
+                if attempt >= p.attempts {
+                    let reason = if error.starts_with("timeout") {
+                        Reason::Timeout
+                    } else {
+                        Reason::Unreachable
+                    };
+                    return Err(Failure::new(
+                        reason,
+                        format!("gave up after {attempt} attempts; last: {error}"),
+                    ));
+                }
+                let wait = backoff(p.backoff_min, p.backoff_max, attempt);
+                warn!(attempt, of = p.attempts, retry_in = ?wait, error = %error, "download attempt failed");
+                tokio::time::sleep(wait).await;
             }
-            let wait = backoff(p.backoff_min, p.backoff_max, attempt);
-            warn!(attempt, of = p.attempts, retry_in = ?wait, error = %error, "download attempt failed");
-            tokio::time::sleep(wait).await;
         }
     }
 
