@@ -416,7 +416,7 @@ fn an_object_replaced_mid_download_is_fetched_again_whole() {
 
     confirms
         .recv_json(Duration::from_secs(60))
-        .expect("confirm for the new version");
+        .unwrap_or_else(|| panic!("no confirm for the new version; log:\n{}", gw.log()));
     assert_eq!(sha256_file(&world.image("a")), new_sha);
     assert!(gw.log().contains("starting over"), "{}", gw.log());
 }

@@ -461,6 +461,15 @@ impl Runner {
                         if matches!(f.reason, Reason::NotFound | Reason::Auth) {
                             return Err(f);
                         }
+                        // A range past the end of a replaced, shorter object
+                        // fails before any ETag is seen: ask the bucket.
+                        if from > 0
+                            && let Ok(now) = self.store.head(key).await
+                            && now.e_tag != meta.e_tag
+                        {
+                            warn!("the object changed during the download; starting over");
+                            continue 'object;
+                        }
                         f.detail
                     }
                 };
