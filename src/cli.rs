@@ -32,6 +32,10 @@ pub struct SettingsArgs {
     /// TOML settings layered over the embedded defaults.
     #[arg(long, env = gator_ota_settings::ENV_SETTINGS_FILE)]
     pub settings: Option<PathBuf>,
+    /// A SCARECRO gateway's configs/ folder to run from; its layer sits
+    /// between the defaults and the settings file.
+    #[arg(long, value_name = "DIR")]
+    pub scarecro_configs: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -20,8 +20,8 @@ pub fn init_logging() {
         .init();
 }
 
-fn load(args: &SettingsArgs) -> Option<gator_ota_settings::Settings> {
-    match gator_ota_settings::load(args.settings.as_deref()) {
+fn load(args: &SettingsArgs) -> Option<gator_ota_settings::Loaded> {
+    match gator_ota_settings::load_all(args.settings.as_deref(), args.scarecro_configs.as_deref()) {
         Ok(s) => Some(s),
         Err(e) => {
             error!("{e}");
@@ -30,10 +30,29 @@ fn load(args: &SettingsArgs) -> Option<gator_ota_settings::Settings> {
     }
 }
 
+/// One line per SCARECRO config, so an operator sees at start-up what
+/// gator-ota took over from the folder and what it leaves alone.
+fn log_scarecro(report: &gator_ota_settings::scarecro::Report) {
+    info!(folder = %report.dir.display(), system_id = %report.system_id, "running from a SCARECRO configuration folder");
+    for u in &report.used {
+        info!(file = %u.file, setting = %u.setting, "SCARECRO config used: {}", u.what);
+    }
+    for s in &report.skipped {
+        info!(file = %s.file, name = %s.name, "SCARECRO config skipped: {}", s.reason);
+    }
+    for n in &report.notes {
+        info!("SCARECRO note: {n}");
+    }
+}
+
 pub fn run(args: &SettingsArgs) -> ExitCode {
-    let Some(settings) = load(args) else {
+    let Some(loaded) = load(args) else {
         return ExitCode::from(2);
     };
+    if let Some(report) = &loaded.scarecro {
+        log_scarecro(report);
+    }
+    let settings = loaded.settings;
     let system = actix_rt::System::new();
     let outcome = system.block_on(async move {
         let service = Service::start(&settings)?;
@@ -55,11 +74,14 @@ pub fn run(args: &SettingsArgs) -> ExitCode {
 }
 
 pub fn check_config(args: &SettingsArgs) -> ExitCode {
-    let Some(settings) = load(args) else {
+    let Some(loaded) = load(args) else {
         return ExitCode::from(2);
     };
+    if let Some(report) = &loaded.scarecro {
+        println!("{report}#");
+    }
     println!("# gator-ota settings: valid. Effective values, secrets redacted:\n");
-    print!("{}", settings.to_redacted_toml());
+    print!("{}", loaded.settings.to_redacted_toml());
     ExitCode::SUCCESS
 }
 

@@ -18,7 +18,11 @@ use crate::cli::SampleArgs;
 const SAMPLE_FILE: &str = "gator-sample-1.0.0";
 
 pub fn publish_sample(args: &SampleArgs) -> ExitCode {
-    let settings = match gator_ota_settings::load(args.settings.settings.as_deref()) {
+    let loaded = gator_ota_settings::load_all(
+        args.settings.settings.as_deref(),
+        args.settings.scarecro_configs.as_deref(),
+    );
+    let settings = match loaded.map(|l| l.settings) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");

@@ -17,10 +17,11 @@ use actix::{
 use gator_ota_settings::MessageSpec;
 use paho_mqtt as paho;
 use serde_json::Value;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::messages::Envelope;
 use crate::mqtt::topic_matches;
+use crate::scarecro_topics::TopicMap;
 use crate::time;
 
 /// A receive address as ingress needs it.
@@ -41,6 +42,7 @@ pub struct MqttIngress {
     max_payload: usize,
     retry: Duration,
     retry_max: Duration,
+    topic_map: Option<TopicMap>,
 }
 
 /// Everything ingress is built from.
@@ -55,6 +57,8 @@ pub struct IngressConfig {
     pub max_payload: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// SCARECRO's topic → address table; `None` matches subscription filters.
+    pub topic_map: Option<TopicMap>,
 }
 
 impl MqttIngress {
@@ -87,6 +91,25 @@ impl MqttIngress {
             max_payload: cfg.max_payload,
             retry: cfg.retry_min,
             retry_max: cfg.retry_max,
+            topic_map: cfg.topic_map,
+        }
+    }
+
+    /// The receive address a message on `topic` is for.
+    fn subscription_for(&self, topic: &str) -> Option<&Subscription> {
+        match &self.topic_map {
+            Some(map) => {
+                let address = map.address_for(topic)?;
+                let found = self.subscriptions.iter().find(|s| s.address == address);
+                if found.is_none() {
+                    debug!(%topic, %address, "the topic belongs to a SCARECRO address gator-ota does not receive on");
+                }
+                found
+            }
+            None => self
+                .subscriptions
+                .iter()
+                .find(|s| topic_matches(&s.topic, topic)),
         }
     }
 
@@ -177,11 +200,7 @@ impl StreamHandler<Option<paho::Message>> for MqttIngress {
             return;
         };
         let topic = msg.topic();
-        let Some(sub) = self
-            .subscriptions
-            .iter()
-            .find(|s| topic_matches(&s.topic, topic))
-        else {
+        let Some(sub) = self.subscription_for(topic) else {
             warn!(%topic, "message on a topic no receive address listens to; dropped");
             return;
         };

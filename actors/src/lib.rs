@@ -12,7 +12,9 @@
 //! 5. [`egress`] — MQTT egress: `confirm_receipt` and [`status`] messages.
 //!
 //! Stages hold `Recipient`s of the next stage, never concrete actors, and all
-//! of them run under actix supervisors. [`service`] wires them from settings.
+//! of them run under actix supervisors. [`service`] wires them from settings;
+//! [`scarecro_topics`] maps received topics to addresses the way SCARECRO does
+//! when the settings come from a SCARECRO folder.
 
 pub mod egress;
 pub mod firmware;
@@ -24,6 +26,7 @@ pub mod mqtt;
 pub mod paths;
 pub mod router;
 pub mod s3_carrier;
+pub mod scarecro_topics;
 pub mod service;
 pub mod status;
 pub mod time;

@@ -20,6 +20,7 @@ use crate::mqtt::{self, MqttSetupError};
 use crate::paths::Confinement;
 use crate::router::{RouteError, TaskRouter};
 use crate::s3_carrier::{S3CarrierActor, StoreSetupError, open_store};
+use crate::scarecro_topics::TopicMap;
 use crate::status::StatusSink;
 use crate::writer::{FsWriter, TEMP_PREFIX};
 
@@ -182,6 +183,7 @@ impl Service {
             max_payload: settings.pipeline.max_payload_bytes,
             retry_min: mqtt_carrier.reconnect_min,
             retry_max: mqtt_carrier.reconnect_max,
+            topic_map: TopicMap::from_routes(&mqtt_carrier.scarecro_topics),
         };
         let ingress = Supervisor::start(move |ctx| MqttIngress::create(cfg, ctx));
         info!(system_id = %settings.system.id, broker = %mqtt_carrier.url, "gator-ota started");

@@ -7,9 +7,11 @@
 //! the key and the fix, so nothing starts on a half-valid configuration.
 //!
 //! Modules: [`secret`] keeps credentials out of logs and prints, [`load`]
-//! stacks the layers, [`validate`] checks them.
+//! stacks the layers, [`validate`] checks them, [`scarecro`] reads a
+//! SCARECRO gateway's configuration folder into a layer of its own.
 
 mod load;
+pub mod scarecro;
 pub mod secret;
 mod validate;
 
@@ -20,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ENV_PREFIX, ENV_SETTINGS_FILE, Env, load, load_with_env};
+pub use scarecro::{Loaded, ScarecroError, TopicRoute, load_all, load_all_with_env};
 pub use secret::Secret;
 
 /// The embedded default layer, also handy for tests that need a valid start.
@@ -35,6 +38,8 @@ pub enum SettingsError {
         problem: String,
         fix: String,
     },
+    #[error(transparent)]
+    Scarecro(#[from] ScarecroError),
 }
 
 impl SettingsError {
@@ -70,6 +75,9 @@ pub struct System {
     /// SCARECRO system id; the cloud tells gateways apart by it.
     pub id: String,
     pub data_dir: PathBuf,
+    /// A SCARECRO `configs/` folder to run from; empty for none.
+    #[serde(default)]
+    pub scarecro_configs: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +184,10 @@ pub struct MqttCarrier {
     pub reconnect_min: Duration,
     #[serde(with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// SCARECRO's topic → address table; when set, received topics map to
+    /// addresses the way SCARECRO's MQTT carrier maps them.
+    #[serde(default)]
+    pub scarecro_topics: Vec<TopicRoute>,
 }
 
 impl MqttCarrier {

@@ -26,10 +26,24 @@ pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
 
 /// Loads and validates the settings with `env` standing in for the environment.
 pub fn load_with_env(file: Option<&Path>, env: &Env) -> Result<Settings, SettingsError> {
+    crate::scarecro::load_all_with_env(file, None, env).map(|loaded| loaded.settings)
+}
+
+/// Stacks the layers and validates them. A SCARECRO folder's layer goes
+/// right above the defaults, which then leave out what the folder replaces.
+pub(crate) fn load_layers(
+    file: Option<&Path>,
+    scarecro: Option<&crate::scarecro::Layer>,
+    env: &Env,
+) -> Result<Settings, SettingsError> {
     let file = file
         .map(Path::to_path_buf)
         .or_else(|| env.get(ENV_SETTINGS_FILE).map(PathBuf::from));
-    let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+    let defaults = scarecro.map_or_else(|| DEFAULT_TOML.to_string(), |l| l.defaults());
+    let mut builder = Config::builder().add_source(File::from_str(&defaults, FileFormat::Toml));
+    if let Some(layer) = scarecro {
+        builder = builder.add_source(layer.clone());
+    }
     if let Some(file) = &file {
         if !file.is_file() {
             return Err(SettingsError::invalid(
