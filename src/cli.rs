@@ -25,6 +25,23 @@ pub enum Command {
     /// Put a sample image in a local (file://) bucket, publish a firmware_image
     /// for it and print the confirm_receipt that comes back.
     PublishSample(SampleArgs),
+    /// Make an Ed25519 signing key pair for firmware images.
+    Keygen {
+        /// Folder for gator-ota-signing.pem and gator-ota-signing.pub.pem.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Sign a firmware image: writes <IMAGE>.sig and prints the base64 form.
+    Sign {
+        /// PKCS#8 PEM private key (from `keygen` or `openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The image to sign.
+        image: PathBuf,
+        /// Where to write the signature (default: <IMAGE>.sig).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

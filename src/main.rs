@@ -5,6 +5,7 @@
 mod cli;
 mod run;
 mod sample;
+mod signing;
 
 use std::process::ExitCode;
 
@@ -17,5 +18,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(&args),
         cli::Command::CheckConfig(args) => run::check_config(&args),
         cli::Command::PublishSample(args) => sample::publish_sample(&args),
+        cli::Command::Keygen { out } => signing::keygen(&out),
+        cli::Command::Sign { key, image, out } => signing::sign(&key, &image, out.as_deref()),
     }
 }

@@ -23,50 +23,17 @@ fn env_with(world: &World, rate: u64) -> Vec<(String, String)> {
             "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__MAX_BYTES_PER_SECOND",
             &rate.to_string(),
         ),
-        ("GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__CARRIER", "mqtt"),
-        (
-            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__SEND_OR_RECEIVE",
-            "send",
-        ),
-        (
-            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__MESSAGE_TYPE",
-            "firmware_status",
-        ),
-        (
-            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__DURATION",
-            "on_message",
-        ),
-        (
-            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__TOPIC",
-            STATUS_TOPIC,
-        ),
     ] {
         env.push((k.to_string(), v.to_string()));
     }
+    env.extend(status_env());
     env
 }
 
-const STATUS_TOPIC: &str = "scarecro/firmware_status";
 const MIB: u64 = 1024 * 1024;
 
 fn message(id: &str, file_name: &str, cloud_path: &str) -> serde_json::Value {
     json!({"id": id, "time": "2026-11-27T10:00:00.000000", "file_name": file_name, "cloud_path": cloud_path})
-}
-
-/// Statuses for `msg_id` until one is terminal (INSTALLED or FAILED).
-fn statuses_until_done(sub: &Subscriber, msg_id: &str) -> Vec<serde_json::Value> {
-    let mut seen = vec![];
-    while let Some(s) = sub.recv_json(DEADLINE) {
-        if s["msg_id"] != msg_id {
-            continue;
-        }
-        let done = s["status"] == "INSTALLED" || s["status"] == "FAILED";
-        seen.push(s);
-        if done {
-            return seen;
-        }
-    }
-    panic!("no terminal status for {msg_id}; saw {seen:?}");
 }
 
 #[test]

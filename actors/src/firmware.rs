@@ -52,6 +52,8 @@ pub struct FirmwareJob {
     pub confirm_receipt: bool,
     /// What the publisher says the image is; checked before install.
     pub expect: Expected,
+    /// A detached Ed25519 signature (base64), when the message carries one.
+    pub signature: Option<String>,
 }
 
 /// Integrity claims a message may carry.
@@ -131,6 +133,7 @@ impl FirmwareJob {
             config_path,
             confirm_receipt,
             expect,
+            signature: string(obj, "signature")?.filter(|s| s.len() <= 256),
         })
     }
 }

@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::messages::Envelope;
 use crate::mqtt::topic_matches;
 use crate::scarecro_topics::TopicMap;
+use crate::status::{Reason, State, StatusSink};
 use crate::time;
 
 /// A receive address as ingress needs it.
@@ -33,6 +34,7 @@ pub struct Subscription {
 }
 
 pub struct MqttIngress {
+    status: StatusSink,
     client: paho::AsyncClient,
     connect: paho::ConnectOptions,
     subscriptions: Vec<Subscription>,
@@ -59,6 +61,8 @@ pub struct IngressConfig {
     pub retry_max: Duration,
     /// SCARECRO's topic → address table; `None` matches subscription filters.
     pub topic_map: Option<TopicMap>,
+    /// Where rejections are reported as FAILED statuses.
+    pub status: StatusSink,
 }
 
 impl MqttIngress {
@@ -91,6 +95,7 @@ impl MqttIngress {
             max_payload: cfg.max_payload,
             retry: cfg.retry_min,
             retry_max: cfg.retry_max,
+            status: cfg.status,
             topic_map: cfg.topic_map,
         }
     }
@@ -206,14 +211,34 @@ impl StreamHandler<Option<paho::Message>> for MqttIngress {
         };
         let payload = msg.payload();
         if payload.len() > self.max_payload {
-            error!(%topic, address = %sub.address, bytes = payload.len(), max = self.max_payload,
+            error!(%topic, address = %sub.address, bytes = payload.len(), max = self.max_payload, reason = %Reason::InvalidMessage,
                 "payload larger than pipeline.max_payload_bytes; dropped unparsed");
+            let detail = format!(
+                "payload of {} bytes on {topic} is over the {}-byte limit",
+                payload.len(),
+                self.max_payload
+            );
+            self.status.send(
+                "",
+                "",
+                State::Failed,
+                None,
+                Some((Reason::InvalidMessage, &detail)),
+            );
             return;
         }
         let content: Value = match serde_json::from_slice(payload) {
             Ok(v) => v,
             Err(e) => {
-                error!(%topic, address = %sub.address, error = %e, "payload is not JSON; dropped");
+                error!(%topic, address = %sub.address, error = %e, reason = %Reason::InvalidMessage, "payload is not JSON; dropped");
+                let detail = format!("payload on {topic} is not JSON: {e}");
+                self.status.send(
+                    "",
+                    "",
+                    State::Failed,
+                    None,
+                    Some((Reason::InvalidMessage, &detail)),
+                );
                 return;
             }
         };

@@ -29,6 +29,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::firmware::FirmwareJob;
 use crate::journal::{InstalledImage, JobRecord, JobState, Journal};
 use crate::messages::{ByteStream, Publish, TransferError};
+use crate::signature::{Keyring, parse_signature};
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
 use crate::writer::{
@@ -47,6 +48,8 @@ pub struct Policy {
     pub progress_step: u8,
     pub max_image_bytes: u64,
     pub max_bytes_per_second: u64,
+    pub require_signature: bool,
+    pub keyring: Arc<Keyring>,
 }
 
 /// Why a job failed: a reason code for the status message and the detail.
@@ -187,6 +190,10 @@ impl Runner {
             .send(&job.msg_id, &job.file_name, State::Downloaded, None, None);
         let (sha256, md5) = staged.hashes.finish();
         if let Err(f) = verify(job, &meta, &sha256, &md5) {
+            self.discard(job).await;
+            return Err(f);
+        }
+        if let Err(f) = self.check_signature(job, &key).await {
             self.discard(job).await;
             return Err(f);
         }
@@ -489,6 +496,61 @@ impl Runner {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+
+    /// With `require_signature`, the staged image must carry a signature
+    /// that verifies; without it, a signature that comes along is still
+    /// checked when keys are configured.
+    async fn check_signature(&self, job: &FirmwareJob, key: &ObjectPath) -> Result<(), Failure> {
+        let p = &self.policy;
+        let invalid = |detail: String| Failure::new(Reason::SignatureInvalid, detail);
+        let raw: Option<Vec<u8>> = match &job.signature {
+            Some(s) => Some(s.as_bytes().to_vec()),
+            None if p.require_signature => self.fetch_sig_object(key).await?,
+            None => None,
+        };
+        let Some(raw) = raw else {
+            return if p.require_signature {
+                Err(invalid(format!(
+                    "no signature: the message has no `signature` field and there is no {}.sig object",
+                    job.cloud_path
+                )))
+            } else {
+                Ok(())
+            };
+        };
+        if p.keyring.is_empty() {
+            return Ok(());
+        }
+        let signature = parse_signature(&raw).map_err(|e| invalid(e.to_string()))?;
+        let keyring = p.keyring.clone();
+        let staged = staging_path(&job.disk_path);
+        tokio::task::spawn_blocking(move || keyring.verify_file(&staged, &signature))
+            .await
+            .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?
+            .map_err(|e| invalid(e.to_string()))?;
+        info!("signature verified");
+        Ok(())
+    }
+
+    async fn fetch_sig_object(&self, key: &ObjectPath) -> Result<Option<Vec<u8>>, Failure> {
+        let sig_key = ObjectPath::from(format!("{key}.sig"));
+        let got = match self.store.get(&sig_key).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(fetch_failure(sig_key.as_ref(), e)),
+        };
+        if got.meta.size > 4096 {
+            return Err(Failure::new(
+                Reason::SignatureInvalid,
+                format!("{sig_key} is {} bytes; a signature is 64", got.meta.size),
+            ));
+        }
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| fetch_failure(sig_key.as_ref(), e))?;
+        Ok(Some(bytes.to_vec()))
     }
 
     async fn discard(&self, job: &FirmwareJob) {

@@ -28,6 +28,7 @@ pub mod router;
 pub mod s3_carrier;
 pub mod scarecro_topics;
 pub mod service;
+pub mod signature;
 pub mod status;
 pub mod time;
 pub mod writer;

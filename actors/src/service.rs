@@ -21,6 +21,7 @@ use crate::paths::Confinement;
 use crate::router::{RouteError, TaskRouter};
 use crate::s3_carrier::{S3CarrierActor, StoreSetupError, open_store};
 use crate::scarecro_topics::TopicMap;
+use crate::signature::{KeyError, Keyring};
 use crate::status::StatusSink;
 use crate::writer::{FsWriter, TEMP_PREFIX};
 
@@ -44,6 +45,8 @@ pub enum StartError {
     Store(#[from] StoreSetupError),
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("firmware signing keys: {0}")]
+    Keys(#[from] KeyError),
 }
 
 /// The running pipeline. Dropping it does not stop the actors; call
@@ -94,6 +97,10 @@ impl Service {
         let (egress_client, qos) = (client.clone(), mqtt_carrier.qos);
         let egress = Supervisor::start(move |_| MqttEgress::new(egress_client, routes, qos));
 
+        let keyring = Arc::new(Keyring::load(
+            &settings.firmware.public_keys,
+            &settings.firmware.public_key_files,
+        )?);
         let (journal, pending) = Journal::open(data_dir).map_err(folder_err(data_dir))?;
         let journal = Arc::new(journal);
         let status = StatusSink {
@@ -128,6 +135,8 @@ impl Service {
                     progress_step: settings.jobs.progress_step,
                     max_image_bytes: settings.firmware.max_image_bytes,
                     max_bytes_per_second: s3.max_bytes_per_second,
+                    require_signature: settings.firmware.require_signature,
+                    keyring: keyring.clone(),
                 },
                 system_id: settings.system.id.clone(),
                 locks: Default::default(),
@@ -184,6 +193,7 @@ impl Service {
             retry_min: mqtt_carrier.reconnect_min,
             retry_max: mqtt_carrier.reconnect_max,
             topic_map: TopicMap::from_routes(&mqtt_carrier.scarecro_topics),
+            status: status.clone(),
         };
         let ingress = Supervisor::start(move |ctx| MqttIngress::create(cfg, ctx));
         info!(system_id = %settings.system.id, broker = %mqtt_carrier.url, "gator-ota started");

@@ -88,6 +88,9 @@ pub struct Firmware {
     pub images_dir: PathBuf,
     pub pointer_file: PathBuf,
     pub max_image_bytes: u64,
+    pub require_signature: bool,
+    pub public_keys: Vec<String>,
+    pub public_key_files: Vec<PathBuf>,
 }
 
 impl Settings {

@@ -65,6 +65,8 @@ pub(crate) fn load_layers(
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("firmware.allowed_roots")
+            .with_list_parse_key("firmware.public_keys")
+            .with_list_parse_key("firmware.public_key_files")
             .try_parsing(true)
             .source(Some(ours)),
     );

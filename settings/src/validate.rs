@@ -73,6 +73,41 @@ impl Settings {
                 "use a duration such as \"30s\"",
             ));
         }
+        if s.firmware.require_signature
+            && s.firmware.public_keys.is_empty()
+            && s.firmware.public_key_files.is_empty()
+        {
+            return Err(E::invalid(
+                "firmware.require_signature",
+                "is true but no public key is configured",
+                "add firmware.public_keys (base64, from `gator-ota keygen`) or firmware.public_key_files (PEM)",
+            ));
+        }
+        for (i, key) in s.firmware.public_keys.iter().enumerate() {
+            let ok = key.trim().len() == 44
+                && key.trim().ends_with('=')
+                && key
+                    .trim()
+                    .trim_end_matches('=')
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            if !ok {
+                return Err(E::invalid(
+                    format!("firmware.public_keys[{i}]"),
+                    "is not a base64 Ed25519 public key (44 characters)",
+                    "use the `public key` line printed by `gator-ota keygen`",
+                ));
+            }
+        }
+        for (i, file) in s.firmware.public_key_files.iter().enumerate() {
+            if !file.is_file() {
+                return Err(E::invalid(
+                    format!("firmware.public_key_files[{i}]"),
+                    format!("{} is not a readable file", file.display()),
+                    "point it at a PEM public key (openssl pkey -pubout)",
+                ));
+            }
+        }
         if s.firmware.max_image_bytes == 0 {
             return Err(E::invalid(
                 "firmware.max_image_bytes",

@@ -16,7 +16,50 @@ pub const BUCKET: &str = "firmware";
 pub const SYSTEM_ID: &str = "test-gateway";
 pub const RECEIVE_TOPIC: &str = "scarecro/firmware_image";
 pub const CONFIRM_TOPIC: &str = "scarecro/confirm_receipt";
+pub const STATUS_TOPIC: &str = "scarecro/firmware_status";
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Settings that turn firmware_status messages on.
+pub fn status_env() -> Vec<(String, String)> {
+    [
+        ("GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__CARRIER", "mqtt"),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__SEND_OR_RECEIVE",
+            "send",
+        ),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__MESSAGE_TYPE",
+            "firmware_status",
+        ),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__DURATION",
+            "on_message",
+        ),
+        (
+            "GATOR_OTA__ADDRESSES__CLOUD_MQTT_STATUS__TOPIC",
+            STATUS_TOPIC,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Statuses for `msg_id` until one is terminal (INSTALLED or FAILED).
+pub fn statuses_until_done(sub: &Subscriber, msg_id: &str) -> Vec<serde_json::Value> {
+    let mut seen = vec![];
+    while let Some(s) = sub.recv_json(DEADLINE) {
+        if s["msg_id"] != msg_id {
+            continue;
+        }
+        let done = s["status"] == "INSTALLED" || s["status"] == "FAILED";
+        seen.push(s);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no terminal status for {msg_id}; saw {seen:?}");
+}
 
 /// A broker, a bucket and a place for the gateway's data, torn down on drop.
 pub struct World {
