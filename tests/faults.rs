@@ -251,6 +251,7 @@ fn twenty_duplicates_download_once_and_confirm_each() {
             .unwrap_or_else(|| panic!("confirm {i} of 20"));
     }
     assert_eq!(gw.count("downloading bytes="), 1, "{}", gw.log());
+    gw.wait_count("already installed", 19);
     assert_eq!(gw.count("already installed"), 19, "{}", gw.log());
     confirms.expect_none(Duration::from_millis(300));
 }

@@ -196,6 +196,23 @@ impl Gateway {
         self.wait_count(needle, 1);
     }
 
+    /// Waits until one log line holds every one of `parts`.
+    pub fn wait_line(&self, parts: &[&str]) {
+        let what = format!("a log line with {parts:?}");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while std::time::Instant::now() < deadline {
+            if self
+                .log()
+                .lines()
+                .any(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}; log:\n{}", self.log());
+    }
+
     /// Waits until the log holds `needle` at least `n` times.
     pub fn wait_count(&self, needle: &str, n: usize) {
         let what = format!("{n} × {needle:?} in the gateway log");
