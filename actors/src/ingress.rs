@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 use crate::messages::Envelope;
 use crate::mqtt::topic_matches;
 use crate::scarecro_topics::TopicMap;
-use crate::status::{Reason, State, StatusSink};
+use crate::status::{Reason, StatusSink};
 use crate::time;
 
 /// A receive address as ingress needs it.
@@ -218,13 +218,7 @@ impl StreamHandler<Option<paho::Message>> for MqttIngress {
                 payload.len(),
                 self.max_payload
             );
-            self.status.send(
-                "",
-                "",
-                State::Failed,
-                None,
-                Some((Reason::InvalidMessage, &detail)),
-            );
+            self.status.failed("", "", Reason::InvalidMessage, &detail);
             return;
         }
         let content: Value = match serde_json::from_slice(payload) {
@@ -232,13 +226,7 @@ impl StreamHandler<Option<paho::Message>> for MqttIngress {
             Err(e) => {
                 error!(%topic, address = %sub.address, error = %e, reason = %Reason::InvalidMessage, "payload is not JSON; dropped");
                 let detail = format!("payload on {topic} is not JSON: {e}");
-                self.status.send(
-                    "",
-                    "",
-                    State::Failed,
-                    None,
-                    Some((Reason::InvalidMessage, &detail)),
-                );
+                self.status.failed("", "", Reason::InvalidMessage, &detail);
                 return;
             }
         };

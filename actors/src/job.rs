@@ -117,7 +117,7 @@ impl Runner {
                     Err(f) => {
                         error!(reason = %f.reason, error = %f.detail, "firmware job failed; the previous image and pointer are unchanged and no confirm_receipt is sent");
                         self.status
-                            .send(&job.msg_id, &job.file_name, State::Failed, None, Some((f.reason, &f.detail)));
+                            .failed(&job.msg_id, &job.file_name, f.reason, &f.detail);
                         self.discard(&job).await;
                         self.end(&rec).await;
                         return;

@@ -230,12 +230,11 @@ impl Handler<RunTask> for S3CarrierActor {
                         .unwrap_or_default();
                     error!(msg_id = %env.msg_id, task = %run.task, reason = %Reason::InvalidMessage, error = %e,
                         "invalid firmware_image rejected; nothing was written");
-                    runner.status.send(
+                    runner.status.failed(
                         &env.msg_id,
                         file_name,
-                        State::Failed,
-                        None,
-                        Some((Reason::InvalidMessage, &e.to_string())),
+                        Reason::InvalidMessage,
+                        &e.to_string(),
                     );
                     return;
                 }

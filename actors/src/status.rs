@@ -82,6 +82,17 @@ pub struct StatusSink {
 }
 
 impl StatusSink {
+    /// A FAILED status with its reason.
+    pub fn failed(&self, msg_id: &str, file_name: &str, reason: Reason, detail: &str) {
+        self.send(
+            msg_id,
+            file_name,
+            State::Failed,
+            None,
+            Some((reason, detail)),
+        );
+    }
+
     /// Best effort: a status is information, so a full egress mailbox drops
     /// it (with a log line) rather than stalling a download.
     pub fn send(
