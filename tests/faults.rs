@@ -56,11 +56,7 @@ fn a_cut_transfer_resumes_with_a_ranged_get() {
         .expect("confirm after the resume");
     assert_eq!(confirm["file_name"], "big");
     assert_eq!(sha256_file(&world.image("big")), sha);
-    assert!(
-        gw.log().contains("resuming with a ranged GET"),
-        "{}",
-        gw.log()
-    );
+    gw.wait_log("resuming with a ranged GET");
     assert_eq!(
         gw.count("downloading bytes="),
         1,
@@ -94,18 +90,10 @@ fn a_killed_gateway_finishes_the_job_after_restart_with_one_confirm() {
     assert_eq!(confirm["file_name"], "big");
     assert_eq!(sha256_file(&world.image("big")), sha);
     assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "big");
-    assert!(
-        gw.log().contains("resuming an unfinished job"),
-        "{}",
-        gw.log()
-    );
-    assert!(
-        gw.log().contains("resuming with a ranged GET"),
-        "{}",
-        gw.log()
-    );
+    gw.wait_log("resuming an unfinished job");
+    gw.wait_log("resuming with a ranged GET");
     confirms.expect_none(Duration::from_secs(1));
-    let journal = files_under(&world.data_dir().join("jobs"));
+    let journal = files_under(&world.data_dir().join(".gator-ota/jobs"));
     assert!(
         journal.is_empty(),
         "finished jobs leave the journal: {journal:?}"
@@ -178,11 +166,7 @@ fn a_corrupted_object_is_caught_by_its_etag_and_keeps_the_old_image() {
         b"version one"
     );
     assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "v1");
-    assert!(
-        gw.log().contains("reason=CHECKSUM_MISMATCH"),
-        "{}",
-        gw.log()
-    );
+    gw.wait_log("reason=CHECKSUM_MISMATCH");
     confirms.expect_none(Duration::from_millis(300));
 }
 
@@ -386,7 +370,7 @@ fn an_object_replaced_mid_download_is_fetched_again_whole() {
         .recv_json(Duration::from_secs(60))
         .unwrap_or_else(|| panic!("no confirm for the new version; log:\n{}", gw.log()));
     assert_eq!(sha256_file(&world.image("a")), new_sha);
-    assert!(gw.log().contains("starting over"), "{}", gw.log());
+    gw.wait_log("starting over");
 }
 
 #[test]
@@ -431,6 +415,6 @@ fn a_burst_larger_than_every_queue_is_processed_whole_and_in_order() {
     let mut want: Vec<String> = (0..15).map(|i| format!("s{i}")).collect();
     want.insert(0, "slow".into());
     assert_eq!(names, want, "every message processed, in order");
-    assert!(gw.log().contains("ingress is busy"), "{}", gw.log());
+    gw.wait_log("ingress is busy");
     assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "s14");
 }

@@ -52,7 +52,7 @@ fn happy_path_installs_image_and_pointer_then_confirms() {
         std::fs::read_to_string(world.pointer()).unwrap(),
         "gator_1.2.3"
     );
-    assert!(gw.log().contains("msg_id=cloud-1"), "{}", gw.log());
+    gw.wait_log("msg_id=cloud-1");
     let leftovers: Vec<_> = files_under(&world.data_dir())
         .into_iter()
         .filter(|p| p.to_string_lossy().contains(".gator-ota-"))
@@ -131,7 +131,7 @@ fn bad_input_is_rejected_and_the_next_message_still_works() {
             .expect("the good message is confirmed");
         assert_eq!(confirm["file_name"], "good", "after {payload}");
     }
-    assert!(gw.log().contains("msg_id=m6"), "errors name the message id");
+    gw.wait_log("msg_id=m6");
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched");
     let written: Vec<_> = files_under(&world.data_dir().join("firmware_images"));
     assert_eq!(

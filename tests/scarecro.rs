@@ -139,7 +139,7 @@ fn the_example_gateway_folder_delivers_firmware_end_to_end() {
         assert_eq!(confirm["id"], EXAMPLE_ID);
         assert_eq!(confirm["file_name"], "gator_2.1.0");
         assert_eq!(confirm["confirm_receipt"], true);
-        assert!(gw.log().contains(&format!("msg_id={id}")), "{}", gw.log());
+        gw.wait_log(&format!("msg_id={id}"));
     }
     assert_eq!(sha256_file(&world.image("gator_2.1.0")), sha);
     assert_eq!(

@@ -1,9 +1,9 @@
 //! The job journal and the index of installed images, both on disk.
 //!
-//! An accepted `firmware_image` is written to `<data_dir>/jobs/` before any
+//! An accepted `firmware_image` is written to `<state>/jobs/` before any
 //! work starts and removed only when the job has ended (installed and
 //! confirmed, or failed), so a process killed at any moment finds its
-//! unfinished jobs on the next start. `<data_dir>/installed.json` remembers
+//! unfinished jobs on the next start. `<state>/installed.json` remembers
 //! what was installed where: it makes a repeated message cheap (no second
 //! download) and bounds retention to images gator-ota itself put there.
 //! Every write is atomic (temporary file, fsync, rename, folder fsync).
@@ -67,8 +67,8 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the journal and returns the unfinished jobs, oldest
     /// first. Blocking; called once at start-up.
-    pub fn open(data_dir: &Path) -> io::Result<(Self, Vec<JobRecord>)> {
-        let jobs_dir = data_dir.join("jobs");
+    pub fn open(state_dir: &Path) -> io::Result<(Self, Vec<JobRecord>)> {
+        let jobs_dir = state_dir.join("jobs");
         std::fs::create_dir_all(&jobs_dir)?;
         let mut pending = Vec::new();
         for entry in std::fs::read_dir(&jobs_dir)? {
@@ -88,7 +88,7 @@ impl Journal {
             }
         }
         pending.sort_by_key(|r| r.seq);
-        let index_path = data_dir.join("installed.json");
+        let index_path = state_dir.join("installed.json");
         let index: BTreeMap<PathBuf, InstalledImage> = match std::fs::read(&index_path) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 warn!(path = %index_path.display(), error = %e, "unreadable index of installed images; starting a new one");

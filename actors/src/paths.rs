@@ -15,6 +15,9 @@ use std::path::{Component, Path, PathBuf};
 const MAX_COMPONENT: usize = 255;
 /// Longest whole path accepted from a message.
 const MAX_PATH: usize = 1024;
+/// gator-ota's own state inside the data folder; hidden, so no message path
+/// can name it.
+pub const STATE_DIR: &str = ".gator-ota";
 /// Longest `file_name`.
 const MAX_FILE_NAME: usize = 128;
 
@@ -34,6 +37,10 @@ pub enum PathError {
         path: String,
         roots: String,
     },
+    #[error(
+        "{field} {path:?} names a hidden file or folder (a segment starting with '.'), which gator-ota keeps for its own state"
+    )]
+    Hidden { field: &'static str, path: String },
     #[error("{field} {name:?} must be a plain file name of letters, digits, '.', '_' or '-'")]
     BadFileName { field: &'static str, name: String },
 }
@@ -156,6 +163,17 @@ impl Confinement {
         {
             return Err(bad_segment());
         }
+        // Hidden names inside a root are gator-ota's own: its state folder
+        // (journal, MQTT store) and its staging files.
+        if relative
+            .components()
+            .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."))
+        {
+            return Err(PathError::Hidden {
+                field,
+                path: requested.to_string(),
+            });
+        }
         Ok(ConfinedPath { root, relative })
     }
 
@@ -269,6 +287,8 @@ mod tests {
             "a/./b",
             "a/",
             "nul\0byte",
+            ".gator-ota/jobs/x.json",
+            "a/.hidden/b",
             &format!("{home}/../outside"),
             &home,
             &format!("{home}extra/x"),

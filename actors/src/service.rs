@@ -17,7 +17,7 @@ use crate::job::{Policy, Runner};
 use crate::journal::Journal;
 use crate::messages::RunTask;
 use crate::mqtt::{self, MqttSetupError};
-use crate::paths::Confinement;
+use crate::paths::{Confinement, STATE_DIR};
 use crate::router::{RouteError, TaskRouter};
 use crate::s3_carrier::{S3CarrierActor, StoreSetupError, open_store};
 use crate::scarecro_topics::TopicMap;
@@ -73,7 +73,8 @@ impl Service {
         }
 
         let (mqtt_name, mqtt_carrier) = the_mqtt_carrier(settings)?;
-        let persistence = data_dir.join("mqtt");
+        let state = data_dir.join(STATE_DIR);
+        let persistence = state.join("mqtt");
         std::fs::create_dir_all(&persistence).map_err(folder_err(&persistence))?;
         let client = mqtt::client(mqtt_name, mqtt_carrier, &persistence)?;
         let connect = mqtt::connect_options(mqtt_name, mqtt_carrier)?;
@@ -101,7 +102,7 @@ impl Service {
             &settings.firmware.public_keys,
             &settings.firmware.public_key_files,
         )?);
-        let (journal, pending) = Journal::open(data_dir).map_err(folder_err(data_dir))?;
+        let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
         let journal = Arc::new(journal);
         let status = StatusSink {
             egress: egress.clone().recipient(),
