@@ -107,6 +107,11 @@ fn every_rejection_writes_nothing_reports_failed_and_the_service_goes_on() {
             "NUL",
         ),
         (
+            json!({"disk_path": ".gator-ota/installed.json"}),
+            "INVALID_MESSAGE",
+            "hidden file or folder",
+        ),
+        (
             json!({"file_name": "../../evil"}),
             "INVALID_MESSAGE",
             "plain file name",
