@@ -68,11 +68,20 @@ for a in "${archives[@]}"; do
   [ -f "$a" ] || die "archive $a is missing: build it with 'bash deploy/release.sh' (or run 'bash deploy/release.sh --smoke')"
 done
 
+# archive_target ARCHIVE: the target triple its name ends with.
+archive_target() {
+  local base t
+  base=$(basename "$1" .tar.gz)
+  for t in "${RELEASE_TARGETS[@]}"; do
+    case "$base" in *-"$t") echo "$t"; return 0 ;; esac
+  done
+  die "$1: not a gator-ota release archive (its name ends with none of ${RELEASE_TARGETS[*]})"
+}
+
 # --- what the test needs ---------------------------------------------------------
 pkgs=(qemu-user mosquitto mosquitto-clients openssl ca-certificates jq file tar gzip coreutils util-linux)
 for a in "${archives[@]}"; do
-  t=$(basename "$a" .tar.gz)
-  t=${t#gator-ota-"$version"-}
+  t=$(archive_target "$a")
   target_info "$t"
   pkgs+=("libc6-${deb_arch}-cross" "libgcc-s1-${deb_arch}-cross")
 done
@@ -311,8 +320,7 @@ start_gateway() {
 
 total_started=$SECONDS
 for archive in "${archives[@]}"; do
-  t=$(basename "$archive" .tar.gz)
-  t=${t#gator-ota-"$version"-}
+  t=$(archive_target "$archive")
   target_info "$t"
   target_started=$SECONDS
   echo
@@ -320,8 +328,8 @@ for archive in "${archives[@]}"; do
   dir="$work/$t"
   mkdir -p "$dir"
   tar -xzf "$archive" -C "$dir" || fail "cannot unpack $archive"
-  pkg="$dir/gator-ota-$version-$t"
-  [ -d "$pkg" ] || fail "$archive does not hold gator-ota-$version-$t/"
+  pkg="$dir/$(basename "$archive" .tar.gz)"
+  [ -d "$pkg" ] || fail "$archive does not hold $(basename "$pkg")/"
   grep -qx "target=$t" "$pkg/BUILD-INFO" || fail "$pkg/BUILD-INFO names another target"
   desc=$(file -b "$pkg/gator-ota")
   case "$desc" in
