@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+bash deploy/test-install.sh
 cargo test --workspace

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Builds gator-ota for Raspberry Pi gateways and packs one archive per target:
+#
+#   bash deploy/release.sh            # both targets -> dist/
+#   bash deploy/release.sh --smoke    # ... then run each under qemu (deploy/smoke-qemu.sh)
+#
+# Each archive, dist/gator-ota-VERSION-TARGET.tar.gz, holds the stripped
+# binary, the systemd unit, the default and example settings, the env file
+# template, install.sh, the README and BUILD-INFO; dist/SHA256SUMS lists them.
+# Installs what it needs (Debian's cross gcc and libc packages, rustup
+# targets). Cross builds use their own target folder (CARGO_TARGET_DIR,
+# default target/cross) so they never lock the main build.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=deploy/release-common.sh
+. "$root/deploy/release-common.sh"
+
+usage() {
+  cat <<EOF
+Usage: bash deploy/release.sh [--target TRIPLE]... [--out DIR] [--smoke]
+
+Builds stripped gator-ota release archives for Raspberry Pi OS.
+
+  --target TRIPLE  build only this target (repeatable); default: all of
+                   ${RELEASE_TARGETS[*]}
+  --out DIR        where the archives go (default: dist/, or \$GATOR_OTA_DIST)
+  --smoke          afterwards, smoke-test each archive under qemu-user
+                   (bash deploy/smoke-qemu.sh ARCHIVE...)
+
+Environment: CARGO_TARGET_DIR (default: target/cross). On a shared machine,
+run it under 'nice -n 15'.
+EOF
+}
+
+targets=()
+smoke=0
+out="${GATOR_OTA_DIST:-$root/dist}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --target)
+      [ $# -ge 2 ] || die "--target needs a value (one of: ${RELEASE_TARGETS[*]})"
+      targets+=("$2")
+      shift 2
+      ;;
+    --target=*) targets+=("${1#*=}"); shift ;;
+    --out)
+      [ $# -ge 2 ] || die "--out needs a folder"
+      out=$2
+      shift 2
+      ;;
+    --out=*) out=${1#*=}; shift ;;
+    --smoke) smoke=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[ ${#targets[@]} -gt 0 ] || targets=("${RELEASE_TARGETS[@]}")
+for t in "${targets[@]}"; do target_info "$t"; done # rejects unknown ones early
+
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/cross}"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+# --- what the build needs -----------------------------------------------------
+command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH; install a Rust toolchain on the build machine"
+pkgs=(cmake make perl pkg-config binutils file)
+for t in "${targets[@]}"; do
+  target_info "$t"
+  pkgs+=("${cross_pkgs[@]}")
+done
+apt_ensure "${pkgs[@]}"
+
+sysroot=$(rustc --print sysroot) || die "rustc does not run; install a Rust toolchain on the build machine"
+for t in "${targets[@]}"; do
+  if [ ! -d "$sysroot/lib/rustlib/$t/lib" ]; then
+    command -v rustup >/dev/null 2>&1 ||
+      die "the Rust standard library for $t is missing from $sysroot and there is no rustup to add it"
+    note "adding the Rust target $t"
+    rustup target add "$t" ||
+      die "'rustup target add $t' failed (it downloads the target's standard library); add it by hand and rerun"
+  fi
+done
+
+for t in "${targets[@]}"; do
+  target_info "$t"
+  command -v "$gnu-gcc" >/dev/null 2>&1 || die "$gnu-gcc not found although ${cross_pkgs[0]} is installed"
+  grep -q "^linker = \"$gnu-gcc\"" .cargo/config.toml ||
+    die ".cargo/config.toml does not set $gnu-gcc as the linker for $t"
+done
+
+version=$(workspace_version "$root")
+commit=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [ "$commit" != unknown ] && [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  commit="$commit-dirty"
+fi
+epoch=$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)
+rustc_version=$(rustc --version)
+
+# --- build and pack -------------------------------------------------------------
+archives=()
+summary=()
+for t in "${targets[@]}"; do
+  target_info "$t"
+  note "building gator-ota $version for $t ($pi_os) in $CARGO_TARGET_DIR"
+  started=$SECONDS
+  # vendored-ssl: OpenSSL (for paho's TLS) is built from source for the target
+  # and linked statically, so no target libssl is needed and none is loaded on
+  # the Pi. OPENSSLDIR=/etc/ssl makes its default trust store /etc/ssl/certs
+  # and its config /etc/ssl/openssl.cnf, as with Debian's own OpenSSL.
+  OPENSSL_STATIC=1 OPENSSL_CONFIG_DIR=/etc/ssl \
+    cargo build --release --locked --target "$t" -p gator-ota --bin gator-ota --features vendored-ssl ||
+    die "cargo build for $t failed (see above)"
+  build_secs=$((SECONDS - started))
+  bin="$CARGO_TARGET_DIR/$t/release/gator-ota"
+  [ -x "$bin" ] || die "the build reported success but $bin is missing"
+
+  name="gator-ota-$version-$t"
+  stage="$CARGO_TARGET_DIR/stage/$name"
+  rm -rf "$stage"
+  mkdir -p "$stage"
+  install -m 0755 "$bin" "$stage/gator-ota"
+  # The release profile strips already; this makes sure of it.
+  "$gnu-strip" --strip-all "$stage/gator-ota"
+  desc=$(file -b "$stage/gator-ota")
+  case "$desc" in
+    *"$elf_desc"*", stripped"*) ;;
+    *) die "$stage/gator-ota is not a stripped $elf_desc executable: $desc" ;;
+  esac
+  glibc=$(glibc_needed "$stage/gator-ota" "$gnu-objdump") ||
+    die "cannot read the dynamic symbols of $stage/gator-ota with $gnu-objdump"
+  [ -n "$glibc" ] || die "no GLIBC symbol versions found in $stage/gator-ota"
+  version_le "$glibc" "$RELEASE_GLIBC_MAX" ||
+    die "$t binary needs glibc $glibc, newer than Raspberry Pi OS Bookworm's $RELEASE_GLIBC_MAX"
+  # Only the C library and libgcc from the Pi: OpenSSL is linked in.
+  needed=$("$gnu-readelf" -d "$stage/gator-ota" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+  for lib in $needed; do
+    case "$lib" in
+      libc.so.6 | libm.so.6 | libgcc_s.so.1 | libpthread.so.0 | libdl.so.2 | librt.so.1 | ld-linux-*) ;;
+      *) die "$t binary needs $lib from the Pi; expected only glibc and libgcc_s (is vendored-ssl on?)" ;;
+    esac
+  done
+  size=$(stat -c %s "$stage/gator-ota")
+
+  install -m 0644 deploy/gator-ota.service "$stage/gator-ota.service"
+  install -m 0644 settings/default.toml "$stage/settings.default.toml"
+  install -m 0644 deploy/settings.example.toml "$stage/settings.example.toml"
+  install -m 0644 deploy/gator-ota.env.example "$stage/gator-ota.env.example"
+  install -m 0755 deploy/install.sh "$stage/install.sh"
+  install -m 0644 README.md "$stage/README.md"
+  install -m 0644 deploy/INSTALL.md "$stage/INSTALL.md"
+  cat >"$stage/BUILD-INFO" <<EOF
+name=gator-ota
+version=$version
+target=$t
+debian_arch=$deb_arch
+os=$pi_os, Bookworm or newer
+glibc_min=$glibc
+needs=${needed% }
+commit=$commit
+rustc=$rustc_version
+features=vendored-ssl
+binary_bytes=$size
+EOF
+  chmod 0644 "$stage/BUILD-INFO"
+
+  archive="$out/$name.tar.gz"
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" \
+    -C "$(dirname "$stage")" -cf - "$name" | gzip -n -9 >"$archive.tmp"
+  mv -f "$archive.tmp" "$archive"
+  archives+=("$archive")
+  summary+=("$(awk -v t="$t" -v s="$size" -v g="$glibc" -v b="$build_secs" -v a="${archive#"$root"/}" \
+    'BEGIN { printf "%-32s %.2f MiB binary (%d bytes), glibc >= %s, built in %ds -> %s", t, s / 1048576, s, g, b, a }')")
+done
+
+(cd "$out" && sha256sum -- gator-ota-*.tar.gz >SHA256SUMS.tmp && mv -f SHA256SUMS.tmp SHA256SUMS)
+
+echo
+echo "gator-ota $version release archives ($commit):"
+printf '  %s\n' "${summary[@]}"
+echo "  checksums: ${out#"$root"/}/SHA256SUMS"
+
+if [ "$smoke" -eq 1 ]; then
+  echo
+  bash "$root/deploy/smoke-qemu.sh" "${archives[@]}"
+fi
