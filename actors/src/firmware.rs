@@ -22,7 +22,9 @@ pub enum InvalidMessage {
         expected: &'static str,
         found: &'static str,
     },
-    #[error("cloud_path {0:?} is not a usable object key (empty, `..` or empty segments)")]
+    #[error(
+        "cloud_path {0:?} is not a usable object key (`..`, empty segment or control character)"
+    )]
     BadCloudPath(String),
     #[error("cloud_path {path:?} is outside the carrier's prefix {prefix:?}")]
     OutsidePrefix { path: String, prefix: String },
@@ -167,7 +169,10 @@ fn hex_field(
 
 fn check_cloud_path(path: &str, prefix: &str) -> Result<(), InvalidMessage> {
     let bad = || InvalidMessage::BadCloudPath(path.to_string());
-    if path.is_empty() || path.len() > 1024 || path.contains('\0') {
+    // Control characters (NUL among them) are refused as the fetcher's
+    // `object_store::path::Path::parse` refuses them: a key it cannot use
+    // must not be queued and journalled first.
+    if path.is_empty() || path.len() > 1024 || path.bytes().any(|b| b.is_ascii_control()) {
         return Err(bad());
     }
     if path
@@ -308,6 +313,42 @@ mod tests {
                 &d
             )
             .is_ok()
+        );
+    }
+
+    /// Regression: a key with a control character passed the check, was
+    /// journalled and queued, and only the worker's `ObjectPath::parse`
+    /// refused it.
+    #[test]
+    fn keys_the_fetcher_cannot_parse_are_refused() {
+        let (_dir, c, d) = setup();
+        for key in [
+            "fw/a\nb",
+            "fw/a\0",
+            "fw/\x7f",
+            "fw/\tx",
+            "\r/a",
+            "fw/\x1b[2J",
+        ] {
+            assert!(object_store::path::Path::parse(key).is_err(), "{key:?}");
+            assert_eq!(
+                FirmwareJob::from_content(
+                    "m",
+                    &json!({"file_name": "a", "cloud_path": key}),
+                    &c,
+                    &d
+                )
+                .unwrap_err(),
+                InvalidMessage::BadCloudPath(key.into()),
+                "{key:?}"
+            );
+        }
+        // Other unicode is a valid key and stays accepted.
+        let key = "fw/\u{e9}t\u{e9}/\u{1F600}.bin";
+        assert!(object_store::path::Path::parse(key).is_ok());
+        assert!(
+            FirmwareJob::from_content("m", &json!({"file_name": "a", "cloud_path": key}), &c, &d)
+                .is_ok()
         );
     }
 }
