@@ -186,7 +186,8 @@ impl Service {
             topic_map: TopicMap::from_routes(&mqtt_carrier.scarecro_topics),
         };
         let ingress = Supervisor::start(move |ctx| MqttIngress::create(cfg, ctx));
-        info!(system_id = %settings.system.id, broker = %mqtt_carrier.url, "gator-ota started");
+        info!(system_id = %settings.system.id, broker = %mqtt_carrier.url,
+            security = %mqtt::describe_tls(mqtt_carrier), "gator-ota started");
         Ok(Self {
             client,
             _ingress: ingress,
