@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use gator_ota_actors::mqtt::{connect_failure_hint, normalise_url, ssl_options};
 use gator_ota_settings::{Bucket, Carrier, Direction, Settings};
 use paho_mqtt as paho;
 use sha2::{Digest, Sha256};
@@ -66,23 +67,16 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
 
     let receive = topic_for(settings, Direction::Receive, "firmware_image")?;
     let confirm = topic_for(settings, Direction::Send, "confirm_receipt")?;
-    let mqtt = settings
-        .mqtt(
-            &settings
-                .addresses
-                .values()
-                .next()
-                .map(|a| a.carrier.clone())
-                .unwrap_or_default(),
-        )
-        .ok_or("no MQTT carrier")?;
+    let mqtt_name = settings
+        .addresses
+        .values()
+        .next()
+        .map(|a| a.carrier.clone())
+        .unwrap_or_default();
+    let mqtt = settings.mqtt(&mqtt_name).ok_or("no MQTT carrier")?;
     let client = paho::Client::new(
         paho::CreateOptionsBuilder::new()
-            .server_uri(
-                mqtt.url
-                    .replace("mqtt://", "tcp://")
-                    .replace("mqtts://", "ssl://"),
-            )
+            .server_uri(normalise_url(&mqtt.url))
             .client_id(format!("gator-ota-sample-{}", std::process::id()))
             .persistence(None)
             .finalize(),
@@ -95,9 +89,14 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
         opts.user_name(&mqtt.username)
             .password(mqtt.password.expose());
     }
-    client
-        .connect(opts.finalize())
-        .map_err(|e| format!("cannot reach the broker at {}: {e}", mqtt.url))?;
+    // The same TLS settings as the service: CA, client certificate, host check.
+    if let Some(ssl) = ssl_options(&mqtt_name, mqtt).map_err(|e| e.to_string())? {
+        opts.ssl_options(ssl);
+    }
+    client.connect(opts.finalize()).map_err(|e| {
+        let hint = connect_failure_hint(&normalise_url(&mqtt.url), &e);
+        format!("cannot reach the broker at {}: {e}; {hint}", mqtt.url)
+    })?;
     client.subscribe(&confirm, 1).map_err(|e| e.to_string())?;
 
     let msg_id = format!("sample-{}", chrono::Utc::now().timestamp_millis());

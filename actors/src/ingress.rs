@@ -20,7 +20,7 @@ use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use crate::messages::Envelope;
-use crate::mqtt::topic_matches;
+use crate::mqtt::{self, topic_matches};
 use crate::scarecro_topics::TopicMap;
 use crate::status::{Reason, StatusSink};
 use crate::time;
@@ -128,7 +128,8 @@ impl MqttIngress {
                 Ok(_) => {}
                 Err(e) => {
                     let next = (act.retry * 2).min(act.retry_max);
-                    warn!(error = %e, retry_in = ?act.retry, "cannot reach the broker");
+                    let hint = mqtt::connect_failure_hint(&act.client.server_uri(), &e);
+                    warn!(error = %e, retry_in = ?act.retry, hint, "cannot reach the broker");
                     let wait = act.retry;
                     act.retry = next;
                     act.connect(ctx, wait);

@@ -96,24 +96,98 @@ pub fn connect_options(
     if !carrier.password.is_empty() {
         b.password(carrier.password.expose());
     }
-    if carrier.uses_tls() {
-        let mut ssl = paho::SslOptionsBuilder::new();
-        let set = if carrier.ca_file.is_empty() {
-            ssl.ca_path("/etc/ssl/certs").map(|_| ())
-        } else {
-            ssl.trust_store(&carrier.ca_file).map(|_| ())
-        };
-        set.map_err(|source| MqttSetupError::Paho {
-            carrier: name.to_string(),
-            source,
-        })?;
-        b.ssl_options(ssl.finalize());
+    if let Some(ssl) = ssl_options(name, carrier)? {
+        b.ssl_options(ssl);
     }
     Ok(b.finalize())
 }
 
+/// Where the CA certificates of the system store are (hashed, as OpenSSL's
+/// `CApath` wants them; Debian's ca-certificates keeps them so).
+pub const SYSTEM_CA_DIR: &str = "/etc/ssl/certs";
+
+/// TLS options for an `ssl://` / `mqtts://` carrier, `None` for plain MQTT.
+///
+/// The broker's certificate must chain to `ca_file` (or, when it is empty,
+/// to the system store) and name the host of the URL (`verify`: paho checks
+/// the DNS name or IP address after the handshake). A client certificate is
+/// presented when `cert_file` and `key_file` are set.
+pub fn ssl_options(
+    name: &str,
+    carrier: &MqttCarrier,
+) -> Result<Option<paho::SslOptions>, MqttSetupError> {
+    if !carrier.uses_tls() {
+        return Ok(None);
+    }
+    let err = |source| MqttSetupError::Paho {
+        carrier: name.to_string(),
+        source,
+    };
+    let mut ssl = paho::SslOptionsBuilder::new();
+    if carrier.ca_file.is_empty() {
+        ssl.ca_path(SYSTEM_CA_DIR).map_err(err)?;
+    } else {
+        ssl.trust_store(&carrier.ca_file).map_err(err)?;
+    }
+    if !carrier.cert_file.is_empty() {
+        ssl.key_store(&carrier.cert_file).map_err(err)?;
+    }
+    if !carrier.key_file.is_empty() {
+        ssl.private_key(&carrier.key_file).map_err(err)?;
+    }
+    if !carrier.key_password.is_empty() {
+        ssl.private_key_password(carrier.key_password.expose());
+    }
+    ssl.enable_server_cert_auth(true).verify(true);
+    Ok(Some(ssl.finalize()))
+}
+
+/// How the connection is secured, for the log: file paths, never secrets.
+pub fn describe_tls(carrier: &MqttCarrier) -> String {
+    if !carrier.uses_tls() {
+        return "plain MQTT (no TLS)".into();
+    }
+    let ca = if carrier.ca_file.is_empty() {
+        format!("system store {SYSTEM_CA_DIR}")
+    } else {
+        carrier.ca_file.clone()
+    };
+    let client = if carrier.cert_file.is_empty() {
+        "none".to_string()
+    } else {
+        carrier.cert_file.clone()
+    };
+    format!(
+        "TLS, broker certificate and host name verified against {ca}; client certificate: {client}"
+    )
+}
+
+/// What to check when a connection to `server_uri` fails with `error`; paho
+/// reports a refused TCP connection and a failed TLS handshake alike.
+pub fn connect_failure_hint(server_uri: &str, error: &paho::Error) -> &'static str {
+    let tls = server_uri.starts_with("ssl://");
+    match error {
+        // A broker that wants a client certificate may only say so after
+        // the client's side of a TLS 1.3 handshake is done: then paho
+        // reports a failed connect completion.
+        paho::Error::TcpTlsConnectFailure
+        | paho::Error::TcpConnectCompletionFailure
+        | paho::Error::TcpConnectTimeout
+            if tls =>
+        {
+            "no TLS session: check that the broker runs at the URL, that its certificate chains to \
+             ca_file (or the system store) and names the URL's host, and, if it requires client \
+             certificates, cert_file, key_file and key_password"
+        }
+        paho::Error::ConnectReturn(_) | paho::Error::ReasonCode(..) => {
+            "the broker refused the session: check username, password and client_id"
+        }
+        _ => "check that the broker runs at the URL",
+    }
+}
+
 /// paho's C library spells the schemes `tcp://` and `ssl://`.
-fn normalise_url(url: &str) -> String {
+pub fn normalise_url(url: &str) -> String {
     if let Some(rest) = url.strip_prefix("mqtt://") {
         format!("tcp://{rest}")
     } else if let Some(rest) = url.strip_prefix("mqtts://") {
@@ -140,7 +214,7 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::topic_matches;
+    use super::*;
 
     #[test]
     fn wildcards() {
@@ -150,5 +224,52 @@ mod tests {
         assert!(topic_matches("a/#", "a"));
         assert!(!topic_matches("a/+", "a/b/c"));
         assert!(!topic_matches("a/b", "a/c"));
+    }
+
+    fn carrier(url: &str) -> MqttCarrier {
+        let s = gator_ota_settings::load_with_env(
+            None,
+            &[(
+                "GATOR_OTA__CARRIERS__MQTT__URL".to_string(),
+                url.to_string(),
+            )]
+            .into(),
+        )
+        .unwrap();
+        s.mqtt("mqtt").unwrap().clone()
+    }
+
+    #[test]
+    fn tls_options_only_for_tls_urls() {
+        assert!(
+            ssl_options("mqtt", &carrier("tcp://127.0.0.1:1883"))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ssl_options("mqtt", &carrier("mqtt://127.0.0.1:1883"))
+                .unwrap()
+                .is_none()
+        );
+        let tls = carrier("mqtts://broker.example:8883");
+        let ssl = ssl_options("mqtt", &tls).unwrap().unwrap();
+        assert!(ssl.enable_server_cert_auth());
+        assert_eq!(ssl.ca_path(), std::path::PathBuf::from(SYSTEM_CA_DIR));
+        assert_eq!(ssl.trust_store(), std::path::PathBuf::new());
+        assert_eq!(normalise_url(&tls.url), "ssl://broker.example:8883");
+        assert!(describe_tls(&tls).contains("system store /etc/ssl/certs"));
+        assert_eq!(
+            describe_tls(&carrier("tcp://h:1883")),
+            "plain MQTT (no TLS)"
+        );
+    }
+
+    #[test]
+    fn connect_hints_name_the_tls_settings() {
+        let e = paho::Error::TcpTlsConnectFailure;
+        assert!(connect_failure_hint("ssl://h:8883", &e).contains("ca_file"));
+        assert!(!connect_failure_hint("tcp://h:1883", &e).contains("ca_file"));
+        let e = paho::Error::TcpConnectCompletionFailure;
+        assert!(connect_failure_hint("ssl://h:8883", &e).contains("cert_file"));
     }
 }

@@ -197,7 +197,8 @@ impl Service {
             status: status.clone(),
         };
         let ingress = Supervisor::start(move |ctx| MqttIngress::create(cfg, ctx));
-        info!(system_id = %settings.system.id, broker = %mqtt_carrier.url, "gator-ota started");
+        info!(system_id = %settings.system.id, broker = %mqtt_carrier.url,
+            security = %mqtt::describe_tls(mqtt_carrier), "gator-ota started");
         Ok(Self {
             client,
             _ingress: ingress,

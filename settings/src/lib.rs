@@ -180,6 +180,18 @@ pub struct MqttCarrier {
     pub keep_alive: Duration,
     pub version: u32,
     pub ca_file: String,
+    /// Client certificate (PEM) for brokers that require one; with `key_file`.
+    #[serde(default)]
+    pub cert_file: String,
+    /// The client certificate's private key (PEM); with `cert_file`.
+    #[serde(default)]
+    pub key_file: String,
+    /// Passphrase of an encrypted `key_file`.
+    #[serde(default)]
+    pub key_password: Secret,
+    /// Read `key_password` from this file instead.
+    #[serde(default)]
+    pub key_password_file: Option<PathBuf>,
     pub clean_session: bool,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -196,6 +208,17 @@ pub struct MqttCarrier {
 impl MqttCarrier {
     pub fn uses_tls(&self) -> bool {
         self.url.starts_with("ssl://") || self.url.starts_with("mqtts://")
+    }
+
+    /// The TLS file settings that are set, as (key, path), for checks and logs.
+    pub fn tls_files(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("ca_file", self.ca_file.as_str()),
+            ("cert_file", self.cert_file.as_str()),
+            ("key_file", self.key_file.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, path)| !path.is_empty())
     }
 }
 

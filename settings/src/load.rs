@@ -149,6 +149,10 @@ fn apply_secret_files_and_aws_env(settings: &mut Settings, env: &Env) -> Result<
                 if let Some(path) = &m.password_file {
                     m.password = read_secret(&format!("carriers.{name}.password_file"), path)?;
                 }
+                if let Some(path) = &m.key_password_file {
+                    m.key_password =
+                        read_secret(&format!("carriers.{name}.key_password_file"), path)?;
+                }
             }
             Carrier::S3(s) => {
                 if let Some(path) = &s.secret_access_key_file {

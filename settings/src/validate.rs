@@ -1,7 +1,8 @@
 //! One pass over loaded settings that names each bad key and its fix.
 
 use crate::{
-    Address, Carrier, Direction, HANDLE_NEW_FIRMWARE_MESSAGE, Settings, SettingsError as E,
+    Address, Carrier, Direction, HANDLE_NEW_FIRMWARE_MESSAGE, MqttCarrier, Settings,
+    SettingsError as E,
 };
 
 const MQTT_SCHEMES: &[&str] = &["tcp://", "mqtt://", "ssl://", "mqtts://"];
@@ -233,13 +234,7 @@ impl Settings {
                         "set a client id unique on the broker",
                     ));
                 }
-                if !m.ca_file.is_empty() && !std::path::Path::new(&m.ca_file).is_file() {
-                    return Err(E::invalid(
-                        format!("{key}.ca_file"),
-                        format!("{} is not a readable file", m.ca_file),
-                        "point it at a PEM CA bundle, or leave it empty for the system store",
-                    ));
-                }
+                validate_mqtt_tls(&key, m)?;
                 if m.reconnect_min.is_zero() || m.reconnect_max < m.reconnect_min {
                     return Err(E::invalid(
                         format!("{key}.reconnect_min"),
@@ -325,6 +320,100 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+/// The TLS settings of an MQTT carrier: only on a TLS URL, every file
+/// readable, the client certificate and its key as a pair.
+fn validate_mqtt_tls(key: &str, m: &MqttCarrier) -> Result<(), E> {
+    if let Some((field, _)) = m.tls_files().next()
+        && !m.uses_tls()
+    {
+        return Err(E::invalid(
+            format!("{key}.url"),
+            format!(
+                "{:?} is plain MQTT, so {key}.{field} would be ignored",
+                m.url
+            ),
+            "use ssl:// or mqtts:// (e.g. ssl://host:8883) to connect with TLS, \
+             or leave ca_file, cert_file and key_file empty",
+        ));
+    }
+    for (field, path) in m.tls_files() {
+        if let Err(problem) = readable_file(path) {
+            let fix = match field {
+                "ca_file" => "point it at a PEM CA bundle, or leave it empty for the system store",
+                "cert_file" => {
+                    "point it at the client's PEM certificate, or leave cert_file and key_file empty"
+                }
+                _ => {
+                    "point it at the PEM private key of cert_file, or leave cert_file and key_file empty"
+                }
+            };
+            return Err(E::invalid(
+                format!("{key}.{field}"),
+                format!("{path} {problem}"),
+                fix,
+            ));
+        }
+    }
+    if !m.cert_file.is_empty() && m.key_file.is_empty() {
+        return Err(E::invalid(
+            format!("{key}.key_file"),
+            "is empty, but cert_file is set: a client certificate needs its private key",
+            "set key_file to the PEM private key of cert_file, or leave both empty",
+        ));
+    }
+    if m.cert_file.is_empty() && !m.key_file.is_empty() {
+        return Err(E::invalid(
+            format!("{key}.cert_file"),
+            "is empty, but key_file is set: a private key needs its client certificate",
+            "set cert_file to the client's PEM certificate, or leave both empty",
+        ));
+    }
+    if m.key_password.is_empty()
+        && !m.key_file.is_empty()
+        && std::fs::read_to_string(&m.key_file).is_ok_and(|pem| pem.contains("ENCRYPTED"))
+    {
+        // OpenSSL would otherwise ask for the passphrase on a terminal.
+        return Err(E::invalid(
+            format!("{key}.key_password"),
+            format!("is empty, but {} is an encrypted key", m.key_file),
+            "set key_password or key_password_file to its passphrase",
+        ));
+    }
+    if !m.key_password.is_empty() {
+        let field = if m.key_password_file.is_some() {
+            "key_password_file"
+        } else {
+            "key_password"
+        };
+        if m.key_file.is_empty() {
+            return Err(E::invalid(
+                format!("{key}.{field}"),
+                "is set, but there is no key_file it could unlock",
+                "set cert_file and key_file, or leave the key password empty",
+            ));
+        }
+        if m.key_password.expose().contains('\0') {
+            return Err(E::invalid(
+                format!("{key}.{field}"),
+                "holds a NUL byte",
+                "give the passphrase of key_file as plain text",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why `path` cannot be read, if it cannot.
+fn readable_file(path: &str) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Err(e) => Err(format!("is not a readable file ({e})")),
+        Ok(meta) if !meta.is_file() => Err("is not a file".into()),
+        Ok(_) => std::fs::File::open(path)
+            .map(drop)
+            .map_err(|e| format!("is not a readable file ({e})")),
     }
 }
 
@@ -447,5 +536,129 @@ mod tests {
         .unwrap();
         assert_eq!(s.mqtt("mqtt").unwrap().password.expose(), "s3cr3t");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The error for `pairs`, as (key, whole message).
+    fn tls_error(pairs: &[(&str, &str)]) -> (String, String) {
+        let err = load_with_env(None, &env(pairs)).unwrap_err();
+        let text = err.to_string();
+        (key_of(err), text)
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "-----BEGIN CERTIFICATE-----\n").unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let (ca, cert, key) = (pem("ca.pem"), pem("client.pem"), pem("client.key"));
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().unwrap();
+        let ssl = ("GATOR_OTA__CARRIERS__MQTT__URL", "ssl://broker:8883");
+
+        let s = load_with_env(
+            None,
+            &env(&[
+                ssl,
+                ("GATOR_OTA__CARRIERS__MQTT__CA_FILE", &ca),
+                ("GATOR_OTA__CARRIERS__MQTT__CERT_FILE", &cert),
+                ("GATOR_OTA__CARRIERS__MQTT__KEY_FILE", &key),
+                ("GATOR_OTA__CARRIERS__MQTT__KEY_PASSWORD", "key-pass-value"),
+            ]),
+        )
+        .unwrap();
+        let m = s.mqtt("mqtt").unwrap();
+        assert_eq!((m.cert_file.as_str(), m.key_file.as_str()), (&*cert, &*key));
+        assert_eq!(m.key_password.expose(), "key-pass-value");
+        let printed = s.to_redacted_toml();
+        assert!(!printed.contains("key-pass-value"), "{printed}");
+        assert!(
+            printed.contains("key_password = \"<redacted>\""),
+            "{printed}"
+        );
+
+        let (k, text) = tls_error(&[ssl, ("GATOR_OTA__CARRIERS__MQTT__CERT_FILE", &cert)]);
+        assert_eq!(k, "carriers.mqtt.key_file", "{text}");
+        assert!(text.contains("set key_file"), "{text}");
+        let (k, _) = tls_error(&[ssl, ("GATOR_OTA__CARRIERS__MQTT__KEY_FILE", &key)]);
+        assert_eq!(k, "carriers.mqtt.cert_file");
+        for field in ["CA_FILE", "CERT_FILE", "KEY_FILE"] {
+            let var = format!("GATOR_OTA__CARRIERS__MQTT__{field}");
+            let (k, text) = tls_error(&[ssl, (&var, missing)]);
+            assert_eq!(
+                k,
+                format!("carriers.mqtt.{}", field.to_lowercase()),
+                "{text}"
+            );
+            assert!(text.contains("is not a readable file"), "{text}");
+            let (k, text) = tls_error(&[
+                ("GATOR_OTA__CARRIERS__MQTT__URL", "tcp://broker:1883"),
+                (&var, &ca),
+            ]);
+            assert_eq!(k, "carriers.mqtt.url", "{text}");
+            assert!(text.contains("use ssl:// or mqtts://"), "{text}");
+        }
+        let encrypted = dir.path().join("encrypted.key");
+        std::fs::write(&encrypted, "-----BEGIN ENCRYPTED PRIVATE KEY-----\n").unwrap();
+        let (k, text) = tls_error(&[
+            ssl,
+            ("GATOR_OTA__CARRIERS__MQTT__CERT_FILE", &cert),
+            (
+                "GATOR_OTA__CARRIERS__MQTT__KEY_FILE",
+                encrypted.to_str().unwrap(),
+            ),
+        ]);
+        assert_eq!(k, "carriers.mqtt.key_password", "{text}");
+        assert!(text.contains("encrypted key"), "{text}");
+        let (k, text) = tls_error(&[ssl, ("GATOR_OTA__CARRIERS__MQTT__KEY_PASSWORD", "pw")]);
+        assert_eq!(k, "carriers.mqtt.key_password", "{text}");
+        let (k, text) = tls_error(&[
+            ssl,
+            (
+                "GATOR_OTA__CARRIERS__MQTT__CA_FILE",
+                dir.path().to_str().unwrap(),
+            ),
+        ]);
+        assert_eq!(k, "carriers.mqtt.ca_file", "{text}");
+        assert!(text.contains("is not a file"), "{text}");
+    }
+
+    #[test]
+    fn key_password_file_is_read_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["client.pem", "client.key"] {
+            std::fs::write(dir.path().join(name), "pem").unwrap();
+        }
+        let pw = dir.path().join("key-pass");
+        std::fs::write(&pw, "from-a-file\n").unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        let s = load_with_env(
+            None,
+            &env(&[
+                ("GATOR_OTA__CARRIERS__MQTT__URL", "mqtts://broker:8883"),
+                ("GATOR_OTA__CARRIERS__MQTT__CERT_FILE", &path("client.pem")),
+                ("GATOR_OTA__CARRIERS__MQTT__KEY_FILE", &path("client.key")),
+                (
+                    "GATOR_OTA__CARRIERS__MQTT__KEY_PASSWORD_FILE",
+                    &path("key-pass"),
+                ),
+            ]),
+        )
+        .unwrap();
+        let m = s.mqtt("mqtt").unwrap();
+        assert_eq!(m.key_password.expose(), "from-a-file");
+        assert!(!format!("{m:?}").contains("from-a-file"));
+        assert!(!s.to_redacted_toml().contains("from-a-file"));
+
+        let (k, _) = tls_error(&[
+            ("GATOR_OTA__CARRIERS__MQTT__URL", "mqtts://broker:8883"),
+            (
+                "GATOR_OTA__CARRIERS__MQTT__KEY_PASSWORD_FILE",
+                &path("nope"),
+            ),
+        ]);
+        assert_eq!(k, "carriers.mqtt.key_password_file");
     }
 }

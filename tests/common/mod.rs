@@ -70,10 +70,15 @@ pub struct World {
 
 impl World {
     pub fn new() -> Self {
+        Self::with_broker(Broker::start())
+    }
+
+    /// A world around `broker`, e.g. one from `Broker::start_tls`.
+    pub fn with_broker(broker: Broker) -> Self {
         let s3 = S3Server::start();
         s3.create_bucket(BUCKET);
         Self {
-            broker: Broker::start(),
+            broker,
             s3,
             dir: tempfile::tempdir().unwrap(),
         }
@@ -151,7 +156,15 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Starts the gateway and waits until it has subscribed.
     pub fn start(env: Vec<(String, String)>) -> Self {
+        let gw = Self::spawn(env);
+        gw.wait_log("subscribed");
+        gw
+    }
+
+    /// Starts the gateway without waiting for anything.
+    pub fn spawn(env: Vec<(String, String)>) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gator-ota"));
         cmd.arg("run")
             .env_remove("GATOR_OTA_SETTINGS")
@@ -175,12 +188,10 @@ impl Gateway {
                 log.push('\n');
             }
         });
-        let gw = Self {
+        Self {
             child: Mutex::new(child),
             log,
-        };
-        gw.wait_log("subscribed");
-        gw
+        }
     }
 
     pub fn log(&self) -> String {

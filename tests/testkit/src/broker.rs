@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::tls::TestPki;
 use crate::wait::{free_port, wait_until};
 
 /// How long a (re)started mosquitto gets to open its listener. Startup is
@@ -101,6 +102,31 @@ impl Broker {
             }
         }
         panic!("mosquitto failed to start {START_ATTEMPTS} times; last attempt: {last_failure}");
+    }
+
+    /// Starts a broker whose listener speaks only TLS, with `pki`'s server
+    /// certificate. With `require_client_cert`, clients must present a
+    /// certificate signed by `pki`'s CA, and its common name becomes their
+    /// user name (`use_identity_as_username`). Connect to
+    /// [`tls_url`](Broker::tls_url).
+    #[track_caller]
+    pub fn start_tls(pki: &TestPki, require_client_cert: bool) -> Broker {
+        let mut extra = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n",
+            pki.ca.display(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+        );
+        if require_client_cert {
+            extra.push_str("use_identity_as_username true\n");
+        }
+        Broker::start_with_config(&extra)
+    }
+
+    /// The paho server URI of the default listener when it speaks TLS
+    /// ([`start_tls`](Broker::start_tls)).
+    pub fn tls_url(&self) -> String {
+        format!("ssl://127.0.0.1:{}", self.port)
     }
 
     /// The loopback port of the default listener.

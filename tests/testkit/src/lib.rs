@@ -14,11 +14,13 @@
 mod broker;
 mod mqtt;
 mod s3;
+pub mod tls;
 mod wait;
 
 pub use broker::{Broker, MOSQUITTO_ENV};
-pub use mqtt::{Subscriber, publish};
+pub use mqtt::{Subscriber, publish, publish_tls};
 pub use s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY, pseudo_random_bytes, serve_s3, to_hex};
+pub use tls::TestPki;
 pub use wait::{free_port, wait_until};
 
 #[cfg(test)]

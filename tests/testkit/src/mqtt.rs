@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use paho_mqtt as mqtt;
 
+use crate::tls::TestPki;
+
 /// Upper bound for connect/subscribe/publish round-trips on loopback. paho's
 /// default is minutes, which would turn a broken broker into a hung test.
 const OP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,12 +42,32 @@ fn connect(url: &str, role: &str) -> mqtt::Client {
     client
 }
 
-fn connect_options() -> mqtt::ConnectOptions {
-    mqtt::ConnectOptionsBuilder::new()
-        .clean_session(true)
+/// Never drops a client whose connect failed. In paho-mqtt 0.14 the
+/// connect's failure callback may still hold a handle to the client; if that
+/// is the last one, the client is destroyed inside the callback, under the C
+/// library's global lock, which deadlocks every client in the process
+/// (eclipse-paho/paho.mqtt.rust#239). A test process makes few such clients.
+fn keep_failed(client: mqtt::Client) {
+    std::mem::forget(client);
+}
+
+/// With `tls`, the client trusts only that PKI's CA, checks the broker's
+/// host name, and presents the PKI's client certificate.
+fn connect_options(tls: Option<&TestPki>) -> mqtt::ConnectOptions {
+    let mut b = mqtt::ConnectOptionsBuilder::new();
+    b.clean_session(true)
         .connect_timeout(OP_TIMEOUT)
-        .keep_alive_interval(Duration::from_secs(30))
-        .finalize()
+        .keep_alive_interval(Duration::from_secs(30));
+    if let Some(pki) = tls {
+        let mut ssl = mqtt::SslOptionsBuilder::new();
+        ssl.trust_store(&pki.ca)
+            .and_then(|s| s.key_store(&pki.client_cert))
+            .and_then(|s| s.private_key(&pki.client_key))
+            .expect("TLS file paths");
+        ssl.enable_server_cert_auth(true).verify(true);
+        b.ssl_options(ssl.finalize());
+    }
+    b.finalize()
 }
 
 /// Publishes `payload` to `topic` with QoS 1 and returns once the broker has
@@ -57,10 +79,23 @@ fn connect_options() -> mqtt::ConnectOptions {
 /// racing the broker.
 #[track_caller]
 pub fn publish(url: &str, topic: &str, payload: &str) {
+    publish_with(url, topic, payload, None);
+}
+
+/// [`publish`] over TLS (`url` is `ssl://...`), trusting `pki`'s CA and
+/// presenting its client certificate.
+#[track_caller]
+pub fn publish_tls(url: &str, topic: &str, payload: &str, pki: &TestPki) {
+    publish_with(url, topic, payload, Some(pki));
+}
+
+#[track_caller]
+fn publish_with(url: &str, topic: &str, payload: &str, tls: Option<&TestPki>) {
     let client = connect(url, "pub");
-    client
-        .connect(connect_options())
-        .unwrap_or_else(|e| panic!("publisher could not connect to {url}: {e}"));
+    if let Err(e) = client.connect(connect_options(tls)) {
+        keep_failed(client);
+        panic!("publisher could not connect to {url}: {e}");
+    }
     client
         .publish(mqtt::Message::new(topic, payload, QOS))
         .unwrap_or_else(|e| panic!("publish to {topic} on {url} failed: {e}"));
@@ -89,12 +124,25 @@ impl Subscriber {
     /// `new` returns is delivered to this subscriber.
     #[track_caller]
     pub fn new(url: &str, topic: &str) -> Subscriber {
+        Subscriber::new_with(url, topic, None)
+    }
+
+    /// [`new`](Subscriber::new) over TLS (`url` is `ssl://...`), trusting
+    /// `pki`'s CA and presenting its client certificate.
+    #[track_caller]
+    pub fn new_tls(url: &str, topic: &str, pki: &TestPki) -> Subscriber {
+        Subscriber::new_with(url, topic, Some(pki))
+    }
+
+    #[track_caller]
+    fn new_with(url: &str, topic: &str, tls: Option<&TestPki>) -> Subscriber {
         let client = connect(url, "sub");
         // Must be set up before connecting, or early messages could be lost.
         let rx = client.start_consuming();
-        client
-            .connect(connect_options())
-            .unwrap_or_else(|e| panic!("subscriber could not connect to {url}: {e}"));
+        if let Err(e) = client.connect(connect_options(tls)) {
+            keep_failed(client);
+            panic!("subscriber could not connect to {url}: {e}");
+        }
         let rsp = client
             .subscribe(topic, QOS)
             .unwrap_or_else(|e| panic!("subscribe to {topic} on {url} failed: {e}"));

@@ -76,6 +76,35 @@ fn extra_config_is_applied() {
     assert!(rejected.is_err(), "anonymous publish must be refused");
 }
 
+#[test]
+fn tls_broker_serves_the_test_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let broker = Broker::start_tls(&pki, true);
+    assert_eq!(
+        broker.tls_url(),
+        format!("ssl://127.0.0.1:{}", broker.port())
+    );
+
+    let url = broker.tls_url();
+    let sub = Subscriber::new_tls(&url, "gator/tls", &pki);
+    publish_tls(&url, "gator/tls", "over tls", &pki);
+    assert_eq!(sub.recv(RECV).as_deref(), Some("over tls"));
+    assert!(
+        broker.log().contains(tls::CLIENT_CN),
+        "the client certificate is the user name: {}",
+        broker.log()
+    );
+
+    let plain = broker.url();
+    let refused = std::panic::catch_unwind(|| publish(&plain, "gator/tls", "plain"));
+    assert!(refused.is_err(), "a plaintext client must be refused");
+    let other = TestPki::new(&dir.path().join("other"));
+    let refused = std::panic::catch_unwind(|| publish_tls(&url, "gator/tls", "x", &other));
+    assert!(refused.is_err(), "a client trusting another CA must refuse");
+    sub.expect_none(Duration::from_millis(200));
+}
+
 fn client(server: &S3Server, bucket: &str, secret: &str) -> AmazonS3 {
     // No retries: the tests below want the first failure, not minutes of
     // backoff against a stopped server.
