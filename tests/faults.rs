@@ -418,3 +418,37 @@ fn a_burst_larger_than_every_queue_is_processed_whole_and_in_order() {
     gw.wait_log("ingress is busy");
     assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "s14");
 }
+
+#[test]
+fn a_confirm_made_while_the_broker_is_down_is_delivered_after_it_returns() {
+    let state = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with_config(&format!(
+        "persistence true\npersistence_location {}/\n",
+        state.path().display()
+    ));
+    let mut world = World::with_broker(broker);
+    world
+        .s3
+        .put_random_object(BUCKET, "fw/big.bin", 4 * MIB, 13);
+    // The cloud's listener: a persistent session the broker keeps.
+    drop(Subscriber::persistent(
+        &world.broker.url(),
+        CONFIRM_TOPIC,
+        "cloud-listener",
+    ));
+    let gw = Gateway::start(env_with(&world, 2 * MIB));
+
+    world.publish_json(&message("during-outage", "big", "fw/big.bin"));
+    gw.wait_log("percent=20");
+    world.broker.terminate();
+    gw.wait_log("lost the broker connection");
+    gw.wait_log("confirm_receipt sent"); // made while the broker is down
+    world.broker.restart();
+
+    let listener = Subscriber::persistent(&world.broker.url(), CONFIRM_TOPIC, "cloud-listener");
+    let confirm = listener
+        .recv_json(DEADLINE)
+        .expect("the confirm kept by the gateway");
+    assert_eq!(confirm["file_name"], "big");
+    assert_eq!(confirm["id"], SYSTEM_ID);
+}

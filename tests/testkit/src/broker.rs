@@ -168,6 +168,17 @@ impl Broker {
         }
     }
 
+    /// Stops the broker with SIGTERM, so it saves its persistent state
+    /// (with `persistence true`) before it exits, and reaps it.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the broker (SIGKILL) and reaps it.
     ///
     /// SIGKILL rather than a graceful stop, because an abrupt loss of the

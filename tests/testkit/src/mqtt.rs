@@ -31,9 +31,13 @@ fn unique_client_id(role: &str) -> String {
 /// Creates and connects a clean-session client with no on-disk persistence
 /// (paho's default would litter the working directory with session files).
 fn connect(url: &str, role: &str) -> mqtt::Client {
+    connect_as(url, &unique_client_id(role), role)
+}
+
+fn connect_as(url: &str, client_id: &str, role: &str) -> mqtt::Client {
     let create = mqtt::CreateOptionsBuilder::new()
         .server_uri(url)
-        .client_id(unique_client_id(role))
+        .client_id(client_id)
         .persistence(mqtt::PersistenceType::None)
         .finalize();
     let mut client = mqtt::Client::new(create)
@@ -136,10 +140,37 @@ impl Subscriber {
 
     #[track_caller]
     fn new_with(url: &str, topic: &str, tls: Option<&TestPki>) -> Subscriber {
-        let client = connect(url, "sub");
+        Subscriber::subscribe(connect(url, "sub"), url, topic, connect_options(tls))
+    }
+
+    /// A subscriber with a persistent session (`client_id`, clean session
+    /// off): the broker keeps its subscription and queues QoS 1 messages
+    /// while it is away, so a new one with the same id gets them — the way a
+    /// cloud listener sees messages sent while it (or the broker) was down.
+    #[track_caller]
+    pub fn persistent(url: &str, topic: &str, client_id: &str) -> Subscriber {
+        let mut opts = mqtt::ConnectOptionsBuilder::new();
+        opts.clean_session(false)
+            .connect_timeout(OP_TIMEOUT)
+            .keep_alive_interval(Duration::from_secs(30));
+        Subscriber::subscribe(
+            connect_as(url, client_id, "sub"),
+            url,
+            topic,
+            opts.finalize(),
+        )
+    }
+
+    #[track_caller]
+    fn subscribe(
+        client: mqtt::Client,
+        url: &str,
+        topic: &str,
+        opts: mqtt::ConnectOptions,
+    ) -> Subscriber {
         // Must be set up before connecting, or early messages could be lost.
         let rx = client.start_consuming();
-        if let Err(e) = client.connect(connect_options(tls)) {
+        if let Err(e) = client.connect(opts) {
             keep_failed(client);
             panic!("subscriber could not connect to {url}: {e}");
         }
