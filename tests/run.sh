@@ -7,4 +7,19 @@ bash deploy/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 bash deploy/test-install.sh
-cargo test --workspace
+
+# The whole suite, then one line with the totals of every test binary.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ {
+       for (i = 2; i <= NF; i++) {
+         if ($i ~ /^passed;?$/) passed += $(i - 1)
+         if ($i ~ /^failed;?$/) failed += $(i - 1)
+       }
+     }
+     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+exit "$status"
