@@ -34,10 +34,6 @@ fn env_with(world: &World, rate: u64) -> Vec<(String, String)> {
 
 const MIB: u64 = 1024 * 1024;
 
-fn message(id: &str, file_name: &str, cloud_path: &str) -> serde_json::Value {
-    json!({"id": id, "time": "2026-11-27T10:00:00.000000", "file_name": file_name, "cloud_path": cloud_path})
-}
-
 #[test]
 fn a_cut_transfer_resumes_with_a_ranged_get() {
     let mut world = World::new();
@@ -47,7 +43,7 @@ fn a_cut_transfer_resumes_with_a_ranged_get() {
     let gw = Gateway::start(env_with(&world, 2 * MIB));
     let confirms = world.confirms();
 
-    world.publish_json(&message("cut", "big", "fw/big.bin"));
+    world.publish_json(&firmware_image("cut", "big", "fw/big.bin"));
     gw.wait_log("percent=20");
     world.s3.stop();
     gw.wait_log("download attempt failed");
@@ -77,7 +73,7 @@ fn a_killed_gateway_finishes_the_job_after_restart_with_one_confirm() {
     let confirms = world.confirms();
 
     let gw = Gateway::start(env.clone());
-    world.publish_json(&message("killed", "big", "fw/big.bin"));
+    world.publish_json(&firmware_image("killed", "big", "fw/big.bin"));
     gw.wait_log("percent=20");
     gw.kill();
     assert!(
@@ -108,7 +104,7 @@ fn a_broker_outage_during_a_job_does_not_lose_the_confirm() {
     let sha = world.s3.put_random_object(BUCKET, "fw/big.bin", 8 * MIB, 9);
     let gw = Gateway::start(env_with(&world, 2 * MIB));
 
-    world.publish_json(&message("outage", "big", "fw/big.bin"));
+    world.publish_json(&firmware_image("outage", "big", "fw/big.bin"));
     gw.wait_log("percent=20");
     world.broker.stop();
     gw.wait_log("lost the broker connection");
@@ -132,7 +128,7 @@ fn messages_published_while_the_gateway_is_offline_arrive_after_it_reconnects() 
     // The first run registers the persistent session on the broker.
     Gateway::start(env.clone()).kill();
 
-    world.publish_json(&message("while-offline", "a", "fw/a.bin"));
+    world.publish_json(&firmware_image("while-offline", "a", "fw/a.bin"));
     let _gw = Gateway::start(env);
     let confirm = confirms
         .recv_json(DEADLINE)
@@ -148,14 +144,14 @@ fn a_corrupted_object_is_caught_by_its_etag_and_keeps_the_old_image() {
     let gw = Gateway::start(env_with(&world, 0));
     let confirms = world.confirms();
     let statuses = Subscriber::new(&world.broker.url(), STATUS_TOPIC);
-    let mut first = message("v1", "v1", "fw/v1.bin");
+    let mut first = firmware_image("v1", "v1", "fw/v1.bin");
     first["disk_path"] = json!("firmware_images/current.bin");
     world.publish_json(&first);
     confirms.recv_json(DEADLINE).expect("v1 installed");
 
     // Flip bytes behind the server's back: its ETag (an MD5) no longer matches.
     std::fs::write(world.s3.object_path(BUCKET, "fw/v2.bin"), b"version tw0").unwrap();
-    let mut second = message("v2", "v2", "fw/v2.bin");
+    let mut second = firmware_image("v2", "v2", "fw/v2.bin");
     second["disk_path"] = json!("firmware_images/current.bin");
     world.publish_json(&second);
 
@@ -180,7 +176,7 @@ fn message_checksums_and_sizes_are_enforced() {
     let confirms = world.confirms();
     let statuses = Subscriber::new(&world.broker.url(), STATUS_TOPIC);
 
-    let mut wrong_sha = message("bad-sha", "a", "fw/a.bin");
+    let mut wrong_sha = firmware_image("bad-sha", "a", "fw/a.bin");
     wrong_sha["sha256"] = json!("00".repeat(32));
     world.publish_json(&wrong_sha);
     assert_eq!(
@@ -188,7 +184,7 @@ fn message_checksums_and_sizes_are_enforced() {
         "CHECKSUM_MISMATCH"
     );
 
-    let mut wrong_size = message("bad-size", "a", "fw/a.bin");
+    let mut wrong_size = firmware_image("bad-size", "a", "fw/a.bin");
     wrong_size["size"] = json!(99_999);
     world.publish_json(&wrong_size);
     assert_eq!(
@@ -198,7 +194,7 @@ fn message_checksums_and_sizes_are_enforced() {
     assert!(!world.image("a").exists());
     assert!(!world.pointer().exists());
 
-    let mut right = message("right", "a", "fw/a.bin");
+    let mut right = firmware_image("right", "a", "fw/a.bin");
     right["sha256"] = json!(gator_ota_testkit::to_hex(&sha));
     right["size"] = json!(100_000);
     world.publish_json(&right);
@@ -229,7 +225,7 @@ fn twenty_duplicates_download_once_and_confirm_each() {
     let confirms = world.confirms();
 
     for _ in 0..20 {
-        world.publish_json(&message("dup", "a", "fw/a.bin"));
+        world.publish_json(&firmware_image("dup", "a", "fw/a.bin"));
     }
     for i in 0..20 {
         confirms
@@ -261,7 +257,7 @@ fn old_images_are_pruned_but_the_current_one_stays() {
     std::fs::write(&keep, "not ours").unwrap();
 
     for v in 1..=5 {
-        world.publish_json(&message(
+        world.publish_json(&firmware_image(
             &format!("v{v}"),
             &format!("v{v}"),
             &format!("fw/v{v}.bin"),
@@ -326,18 +322,18 @@ fn a_disk_that_fills_mid_write_fails_the_job_cleanly() {
     let confirms = world.confirms();
     let statuses = Subscriber::new(&world.broker.url(), STATUS_TOPIC);
 
-    world.publish_json(&message("old", "old", "fw/old.bin"));
+    world.publish_json(&firmware_image("old", "old", "fw/old.bin"));
     confirms.recv_json(DEADLINE).expect("old installed");
 
     // Too big from the start: refused before a byte is written.
-    world.publish_json(&message("huge", "huge", "fw/huge.bin"));
+    world.publish_json(&firmware_image("huge", "huge", "fw/huge.bin"));
     assert_eq!(
         statuses_until_done(&statuses, "huge").last().unwrap()["reason"],
         "NO_SPACE"
     );
 
     // Fits at first, then something else takes the space mid-write.
-    world.publish_json(&message("big", "big", "fw/big.bin"));
+    world.publish_json(&firmware_image("big", "big", "fw/big.bin"));
     gw.wait_log("percent=20");
     let filler = world.data_dir().join("filler");
     let _ = std::fs::write(&filler, vec![0u8; 7 * MIB as usize]);
@@ -362,7 +358,7 @@ fn an_object_replaced_mid_download_is_fetched_again_whole() {
     let gw = Gateway::start(env_with(&world, MIB));
     let confirms = world.confirms();
 
-    world.publish_json(&message("replaced", "a", "fw/a.bin"));
+    world.publish_json(&firmware_image("replaced", "a", "fw/a.bin"));
     gw.wait_log("percent=20");
     world.s3.stop();
     let new_sha = world.s3.put_random_object(BUCKET, "fw/a.bin", 6 * MIB, 11);
@@ -399,9 +395,9 @@ fn a_burst_larger_than_every_queue_is_processed_whole_and_in_order() {
     let gw = Gateway::start(env);
     let confirms = world.confirms();
 
-    world.publish_json(&message("slow", "slow", "fw/slow.bin"));
+    world.publish_json(&firmware_image("slow", "slow", "fw/slow.bin"));
     for i in 0..15 {
-        world.publish_json(&message(
+        world.publish_json(&firmware_image(
             &format!("s{i}"),
             &format!("s{i}"),
             &format!("fw/s{i}.bin"),
@@ -440,7 +436,7 @@ fn a_confirm_made_while_the_broker_is_down_is_delivered_after_it_returns() {
     ));
     let gw = Gateway::start(env_with(&world, 2 * MIB));
 
-    world.publish_json(&message("during-outage", "big", "fw/big.bin"));
+    world.publish_json(&firmware_image("during-outage", "big", "fw/big.bin"));
     gw.wait_log("percent=20");
     world.broker.terminate();
     gw.wait_log("lost the broker connection");

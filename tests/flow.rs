@@ -8,15 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn firmware_image(id: &str, file_name: &str, cloud_path: &str) -> serde_json::Value {
-    json!({
-        "id": id,
-        "time": "2026-11-27T10:00:00.000000",
-        "file_name": file_name,
-        "cloud_path": cloud_path,
-    })
-}
-
 #[test]
 fn happy_path_installs_image_and_pointer_then_confirms() {
     let world = World::new();

@@ -11,10 +11,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn message(id: &str, file_name: &str, cloud_path: &str) -> serde_json::Value {
-    json!({"id": id, "time": "2026-11-27T10:00:00.000000", "file_name": file_name, "cloud_path": cloud_path})
-}
-
 fn gator_ota(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gator-ota"))
         .args(args)
@@ -134,7 +130,7 @@ fn every_rejection_writes_nothing_reports_failed_and_the_service_goes_on() {
     ];
     for (i, (overrides, reason, log_says)) in cases.iter().enumerate() {
         let id = format!("bad-{i}");
-        let mut msg = message(&id, "good", "data-gator/good.bin");
+        let mut msg = firmware_image(&id, "good", "data-gator/good.bin");
         for (k, v) in overrides.as_object().unwrap() {
             msg[k] = v.clone();
         }
@@ -145,7 +141,7 @@ fn every_rejection_writes_nothing_reports_failed_and_the_service_goes_on() {
         gw.wait_line(&[&format!("msg_id={id}"), log_says]);
     }
     // The pointer is a link planted to a file outside: it is replaced, not followed.
-    let mut msg = message("through-link", "good", "data-gator/good.bin");
+    let mut msg = firmware_image("through-link", "good", "data-gator/good.bin");
     msg["config_path"] = json!("pointer-link");
     world.publish_json(&msg);
     assert_eq!(
@@ -177,7 +173,11 @@ fn every_rejection_writes_nothing_reports_failed_and_the_service_goes_on() {
         (failed["status"].as_str(), failed["reason"].as_str()),
         (Some("FAILED"), Some("INVALID_MESSAGE"))
     );
-    world.publish_json(&message("still-serving", "good", "data-gator/good.bin"));
+    world.publish_json(&firmware_image(
+        "still-serving",
+        "good",
+        "data-gator/good.bin",
+    ));
     assert_eq!(confirms.recv_json(DEADLINE).unwrap()["file_name"], "good");
 }
 
@@ -263,7 +263,7 @@ fn signed_images_install_and_unsigned_or_badly_signed_ones_do_not() {
     let s = Signed::new();
     let (sig_v1, _) = s.put_signed("fw/v1.bin", b"version one", &s.key());
 
-    let mut v1 = message("v1", "v1", "fw/v1.bin");
+    let mut v1 = firmware_image("v1", "v1", "fw/v1.bin");
     v1["signature"] = json!(sig_v1);
     assert_eq!(s.outcome(&v1)["status"], "INSTALLED");
     s.confirms.recv_json(DEADLINE).expect("confirm for v1");
@@ -275,7 +275,7 @@ fn signed_images_install_and_unsigned_or_badly_signed_ones_do_not() {
         .s3
         .put_object(BUCKET, "fw/v2.bin.sig", &std::fs::read(sig_file).unwrap());
     assert_eq!(
-        s.outcome(&message("v2", "v2", "fw/v2.bin"))["status"],
+        s.outcome(&firmware_image("v2", "v2", "fw/v2.bin"))["status"],
         "INSTALLED"
     );
     s.confirms.recv_json(DEADLINE).expect("confirm for v2");
@@ -289,7 +289,7 @@ fn signed_images_install_and_unsigned_or_badly_signed_ones_do_not() {
         b"version three",
         stranger_key.to_str().unwrap(),
     );
-    let mut v3 = message("v3", "v3", "fw/v3.bin");
+    let mut v3 = firmware_image("v3", "v3", "fw/v3.bin");
     v3["signature"] = json!(bad_sig);
     let failed = s.outcome(&v3);
     assert_eq!(
@@ -299,11 +299,11 @@ fn signed_images_install_and_unsigned_or_badly_signed_ones_do_not() {
 
     // No signature at all.
     s.world.s3.put_object(BUCKET, "fw/v4.bin", b"version four");
-    let failed = s.outcome(&message("v4", "v4", "fw/v4.bin"));
+    let failed = s.outcome(&firmware_image("v4", "v4", "fw/v4.bin"));
     assert_eq!(failed["reason"], "SIGNATURE_INVALID", "{failed}");
 
     // The right signature of other bytes.
-    let mut v5 = message("v5", "v5", "fw/v5.bin");
+    let mut v5 = firmware_image("v5", "v5", "fw/v5.bin");
     s.world
         .s3
         .put_object(BUCKET, "fw/v5.bin", b"version one, tampered");
@@ -348,7 +348,7 @@ fn openssl_signatures_are_accepted() {
         .s3
         .put_object(BUCKET, "fw/o.bin.sig", &std::fs::read(&sig).unwrap());
     assert_eq!(
-        s.outcome(&message("o", "o", "fw/o.bin"))["status"],
+        s.outcome(&firmware_image("o", "o", "fw/o.bin"))["status"],
         "INSTALLED"
     );
 }

@@ -19,6 +19,17 @@ pub const CONFIRM_TOPIC: &str = "scarecro/confirm_receipt";
 pub const STATUS_TOPIC: &str = "scarecro/firmware_status";
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A `firmware_image` as the SCARECRO cloud sends it (confirm_receipt left
+/// to its default, true).
+pub fn firmware_image(id: &str, file_name: &str, cloud_path: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "time": "2026-11-27T10:00:00.000000",
+        "file_name": file_name,
+        "cloud_path": cloud_path,
+    })
+}
+
 /// Settings that turn firmware_status messages on.
 pub fn status_env() -> Vec<(String, String)> {
     [
