@@ -28,21 +28,35 @@ pub struct MqttEgress {
     qos: i32,
     /// How long to wait for the broker before leaving delivery to the client.
     ack_timeout: Duration,
+    /// Mailbox capacity (`pipeline.mqtt_buffer`).
+    mailbox: usize,
 }
 
 impl MqttEgress {
-    pub fn new(client: paho::AsyncClient, routes: HashMap<String, Vec<String>>, qos: i32) -> Self {
+    pub fn new(
+        client: paho::AsyncClient,
+        routes: HashMap<String, Vec<String>>,
+        qos: i32,
+        mailbox: usize,
+    ) -> Self {
         Self {
             client,
             routes,
             qos,
             ack_timeout: Duration::from_secs(10),
+            mailbox,
         }
     }
 }
 
 impl Actor for MqttEgress {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Status messages are offered with `try_send`; a burst of jobs must
+        // not find the default 16-slot mailbox full.
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
 }
 
 impl Supervised for MqttEgress {}

@@ -96,7 +96,9 @@ impl Service {
             }
         }
         let (egress_client, qos) = (client.clone(), mqtt_carrier.qos);
-        let egress = Supervisor::start(move |_| MqttEgress::new(egress_client, routes, qos));
+        let mailbox = settings.pipeline.mqtt_buffer;
+        let egress =
+            Supervisor::start(move |_| MqttEgress::new(egress_client, routes, qos, mailbox));
 
         let keyring = Arc::new(Keyring::load(
             &settings.firmware.public_keys,
