@@ -199,8 +199,17 @@ impl Runner {
         }
         self.status
             .send(&job.msg_id, &job.file_name, State::Verified, None, None);
-        self.commit(job, true).await?;
         let disk_path = job.disk_path.full();
+        // The index must not vouch for the old image while the new one is
+        // being renamed over it.
+        if let Err(e) = self
+            .journal
+            .forget_installed(std::slice::from_ref(&disk_path))
+            .await
+        {
+            warn!(error = %e, "cannot update the index of installed images");
+        }
+        self.commit(job, true).await?;
         info!(bytes = staged.written, %sha256, disk_path = %disk_path.display(), config_path = %job.config_path.full().display(), "installed");
         let image = InstalledImage {
             file_name: job.file_name.clone(),
@@ -380,9 +389,27 @@ impl Runner {
                     };
                     match self.append.send(append).await {
                         Ok(Ok(done)) if done.written == meta.size => return Ok((done, meta)),
-                        _ => {
+                        // The staged bytes did not add up: start over (a
+                        // zero-length object never comes back here).
+                        Ok(Ok(_)) | Ok(Err(WriteError::Transfer { .. })) if from > 0 => {
                             offset = Some(0);
                             continue;
+                        }
+                        Ok(Ok(_)) | Ok(Err(WriteError::Transfer { .. })) => {
+                            return Err(Failure::new(
+                                Reason::Io,
+                                "the staged image does not match its size",
+                            ));
+                        }
+                        Ok(Err(e)) => {
+                            self.discard(job).await;
+                            return Err(write_failure(e));
+                        }
+                        Err(e) => {
+                            return Err(Failure::new(
+                                Reason::Internal,
+                                format!("the filesystem writer is not running: {e}"),
+                            ));
                         }
                     }
                 }
@@ -648,16 +675,14 @@ fn write_failure(e: WriteError) -> Failure {
 }
 
 async fn free_space_of(dir: &std::path::Path) -> std::io::Result<u64> {
-    // The folder may not exist yet: ask for its nearest existing ancestor.
     let mut probe = dir.to_path_buf();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    tokio::task::spawn_blocking(move || free_space(&probe))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    tokio::task::spawn_blocking(move || {
+        // The folder may not exist yet: ask for its nearest existing ancestor.
+        while !probe.exists() && probe.pop() {}
+        free_space(&probe)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Exponential backoff with jitter in [50 %, 100 %] of the step, so many

@@ -265,15 +265,21 @@ fn append_blocking(
         .custom_flags(libc_o_nofollow());
     let mut file = options.open(&path).map_err(WriteError::io(&path))?;
     let on_disk = file.metadata().map_err(WriteError::io(&path))?.len();
-    let (offset, mut hashes) = match hashes {
-        Some(h) if on_disk >= offset => (offset, h),
-        _ => {
-            let start = offset.min(on_disk);
-            (
-                start,
-                rehash(&mut file, start).map_err(WriteError::io(&path))?,
-            )
-        }
+    if on_disk < offset {
+        // The body starts at `offset`; written here it would land at the
+        // wrong place. Empty the staging file and let the caller start over.
+        file.set_len(0).map_err(WriteError::io(&path))?;
+        return Err(WriteError::Transfer {
+            progress: Box::new(Appended {
+                written: 0,
+                hashes: Hashes::default(),
+            }),
+            source: TransferError::Stopped,
+        });
+    }
+    let mut hashes = match hashes {
+        Some(h) => h,
+        None => rehash(&mut file, offset).map_err(WriteError::io(&path))?,
     };
     file.set_len(offset).map_err(WriteError::io(&path))?;
     file.seek(SeekFrom::Start(offset))
@@ -489,6 +495,29 @@ mod tests {
             .unwrap();
         assert_eq!(done.hashes.finish().0, hex(&Sha256::digest(b"hello world")));
         assert!(!image.full().exists());
+    }
+
+    #[actix_rt::test]
+    async fn a_staging_file_shorter_than_the_resume_point_starts_over() {
+        let (_d, c, w) = setup();
+        let image = c.resolve("disk_path", "a.bin").unwrap();
+        std::fs::write(staging_path(&image), b"hel").unwrap();
+        let err = w
+            .send(Append {
+                image: image.clone(),
+                offset: 6,
+                hashes: None,
+                body: body(vec![Ok(Bytes::from_static(b"world"))]),
+                total: 11,
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        let WriteError::Transfer { progress, .. } = err else {
+            panic!("{err}")
+        };
+        assert_eq!(progress.written, 0);
+        assert_eq!(std::fs::metadata(staging_path(&image)).unwrap().len(), 0);
     }
 
     #[actix_rt::test]
