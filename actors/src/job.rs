@@ -590,16 +590,22 @@ impl Runner {
     }
 
     /// Keeps the newest `keep_images` images we installed in this folder;
-    /// the one just installed (which the pointer names) always stays.
+    /// the one just installed (which the pointer names) always stays, and so
+    /// does any image a queued or running job holds.
     async fn prune(&self, job: &FirmwareJob) {
         let disk_path = job.disk_path.full();
         let Some(dir) = disk_path.parent() else {
             return;
         };
         let installed = self.journal.installed_in(dir).await;
+        // An image another job is about to use or re-point to is not old.
+        let busy: Vec<PathBuf> = {
+            let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.keys().cloned().collect()
+        };
         let old: Vec<PathBuf> = installed
             .into_iter()
-            .filter(|(p, i)| *p != disk_path && i.file_name != job.file_name)
+            .filter(|(p, i)| *p != disk_path && i.file_name != job.file_name && !busy.contains(p))
             .skip(self.policy.keep_images.saturating_sub(1))
             .map(|(p, _)| p)
             .collect();
