@@ -450,3 +450,40 @@ fn a_confirm_made_while_the_broker_is_down_is_delivered_after_it_returns() {
     assert_eq!(confirm["file_name"], "big");
     assert_eq!(confirm["id"], SYSTEM_ID);
 }
+
+#[test]
+fn jobs_resumed_after_a_restart_run_before_new_messages() {
+    let world = World::new();
+    world.s3.put_random_object(BUCKET, "fw/a.bin", 4 * MIB, 20);
+    for n in ["b", "c", "d", "e"] {
+        world
+            .s3
+            .put_object(BUCKET, &format!("fw/{n}.bin"), n.as_bytes());
+    }
+    let mut env = env_with(&world, MIB);
+    env.push(("GATOR_OTA__PIPELINE__QUEUE".into(), "1".into()));
+    env.push(("GATOR_OTA__JOBS__CONCURRENCY".into(), "1".into()));
+    let confirms = world.confirms();
+
+    let gw = Gateway::start(env.clone());
+    world.publish_json(&firmware_image("a", "a", "fw/a.bin"));
+    gw.wait_log("percent=20");
+    for n in ["b", "c", "d"] {
+        world.publish_json(&firmware_image(n, n, &format!("fw/{n}.bin")));
+    }
+    gw.wait_line(&["queued", "msg_id=d"]); // journalled
+    gw.kill();
+
+    // More unfinished jobs than the queue holds, and a new message at once.
+    let _gw = Gateway::start(env);
+    world.publish_json(&firmware_image("e", "e", "fw/e.bin"));
+    let mut order = vec![];
+    for _ in 0..5 {
+        let c = confirms
+            .recv_json(Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("only {order:?} confirmed"));
+        order.push(c["file_name"].as_str().unwrap().to_string());
+    }
+    assert_eq!(order, ["a", "b", "c", "d", "e"]);
+    assert_eq!(std::fs::read_to_string(world.pointer()).unwrap(), "e");
+}

@@ -6,6 +6,7 @@
 //! and so MQTT ingress, back. Jobs left unfinished by a previous run are
 //! queued first.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,15 +167,28 @@ impl Actor for S3CarrierActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let (tx, rx) = mpsc::channel::<Queued>(self.queue_capacity);
         let rx = Arc::new(Mutex::new(rx));
+        // Jobs from the journal go first, before anything new: a new message
+        // never overtakes an older one for the same files.
+        let resumed: Arc<std::sync::Mutex<VecDeque<Queued>>> = Arc::new(std::sync::Mutex::new(
+            std::mem::take(&mut self.resumed).into(),
+        ));
         for _ in 0..self.concurrency {
-            let (rx, runner) = (rx.clone(), self.runner.clone());
+            let (rx, runner, resumed) = (rx.clone(), self.runner.clone(), resumed.clone());
             // Spawned on the actor's context: they stop with the actor.
             ctx.spawn(
                 async move {
                     loop {
                         let (rec, job, guards) = {
                             let mut queue = rx.lock().await;
-                            let Some((rec, job)) = queue.recv().await else {
+                            let next = resumed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .pop_front();
+                            let next = match next {
+                                Some(item) => Some(item),
+                                None => queue.recv().await,
+                            };
+                            let Some((rec, job)) = next else {
                                 break;
                             };
                             let guards = runner.acquire(&job).await;
@@ -186,18 +200,6 @@ impl Actor for S3CarrierActor {
                 .into_actor(self),
             );
         }
-        let resumed = std::mem::take(&mut self.resumed);
-        let feeder = tx.clone();
-        ctx.spawn(
-            async move {
-                for item in resumed {
-                    if feeder.send(item).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            .into_actor(self),
-        );
         self.queue = Some(tx);
         info!(carrier = %self.name, workers = self.concurrency, "S3 carrier ready");
     }
