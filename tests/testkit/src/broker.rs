@@ -214,12 +214,15 @@ impl Broker {
     /// returns a description including the log, so the caller can decide
     /// whether to retry.
     fn spawn_and_wait(&mut self) -> Result<(), String> {
+        // The log is kept across restarts: count this start's line only.
+        let runs_before = self.log().matches(" running").count();
         // Owned by `self` from the start, so that if the wait below panics the
         // process is killed by `Drop` instead of outliving the test.
         let child = self
             .child
             .insert(spawn_mosquitto(&self.conf_path, &self.stderr_path()));
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let log_path = self.log_path.clone();
         let mut exited: Option<ExitStatus> = None;
         wait_until(
             STARTUP_DEADLINE,
@@ -229,7 +232,12 @@ impl Broker {
                     exited = Some(status);
                     return true;
                 }
+                // The port alone could be another process's (ports are
+                // reused between tests); mosquitto logs "running" only once
+                // its own configuration is read and its listener is open.
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                    && fs::read_to_string(&log_path)
+                        .is_ok_and(|l| l.matches(" running").count() > runs_before)
             },
         );
         // A connect can succeed just as mosquitto dies (e.g. someone else
