@@ -240,10 +240,7 @@ impl Runner {
                 Ok(())
             }
             Ok(Err(e)) => Err(write_failure(e)),
-            Err(e) => Err(Failure::new(
-                Reason::Internal,
-                format!("the filesystem writer is not running: {e}"),
-            )),
+            Err(e) => Err(writer_gone(e)),
         }
     }
 
@@ -406,10 +403,7 @@ impl Runner {
                             return Err(write_failure(e));
                         }
                         Err(e) => {
-                            return Err(Failure::new(
-                                Reason::Internal,
-                                format!("the filesystem writer is not running: {e}"),
-                            ));
+                            return Err(writer_gone(e));
                         }
                     }
                 }
@@ -479,10 +473,7 @@ impl Runner {
                                 return Err(write_failure(e));
                             }
                             Err(e) => {
-                                return Err(Failure::new(
-                                    Reason::Internal,
-                                    format!("the filesystem writer is not running: {e}"),
-                                ));
+                                return Err(writer_gone(e));
                             }
                         }
                     }
@@ -670,6 +661,13 @@ fn fetch_failure(cloud_path: &str, e: object_store::Error) -> Failure {
             format!("cannot fetch the object: {other}"),
         ),
     }
+}
+
+fn writer_gone(e: actix::MailboxError) -> Failure {
+    Failure::new(
+        Reason::Internal,
+        format!("the filesystem writer is not running: {e}"),
+    )
 }
 
 fn write_failure(e: WriteError) -> Failure {
