@@ -1,24 +1,47 @@
 //! MQTT egress: sends messages such as confirm_receipt on their addresses.
 //!
 //! The route table (message type → topics) is fixed at start-up from the
-//! send addresses. A publish made while the broker is away is kept by the
-//! client and delivered after it reconnects; egress waits a bounded time for
-//! the broker's acknowledgement so a firmware job is never held hostage by an
-//! outage.
+//! send addresses. A durable message (a confirm_receipt, a terminal status)
+//! is written to the outbox first and leaves it only when the broker has
+//! acknowledged it: it is sent while connected, at most `window` at a time,
+//! and what is not acknowledged is sent again after a reconnect or a
+//! restart. No in-memory buffer of paho's is relied on, so no limit of one
+//! can drop a confirm. Other messages (progress statuses) go out only while
+//! the broker is connected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Context, Handler, ResponseFuture, Supervised};
+use actix::fut::wrap_future;
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseActFuture, Supervised,
+};
 use paho_mqtt as paho;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::messages::Publish;
+use crate::spool::{self, Spool};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("cannot encode the message: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("cannot write the outbox: {0}")]
+    Outbox(std::io::Error),
+}
+
+/// How long an unacknowledged publish may stay with paho before it is sent
+/// again (a broker that lost the session never acknowledges it).
+const ACK_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause before retrying after paho refused a publish while connected.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// The broker connection came up (or went down): from paho's callbacks.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Link {
+    pub up: bool,
 }
 
 pub struct MqttEgress {
@@ -26,27 +49,145 @@ pub struct MqttEgress {
     /// message type → topics of the send addresses carrying it.
     routes: HashMap<String, Vec<String>>,
     qos: i32,
-    /// How long to wait for the broker before leaving delivery to the client.
-    ack_timeout: Duration,
+    outbox: Arc<Spool>,
+    /// Outbox entries not handed to paho yet, oldest first.
+    pending: VecDeque<u64>,
+    in_flight: usize,
+    /// Most outbox entries handed to paho at once.
+    window: usize,
+    retry_scheduled: bool,
     /// Mailbox capacity (`pipeline.mqtt_buffer`).
     mailbox: usize,
 }
 
+/// Everything egress is built from.
+pub struct EgressConfig {
+    pub client: paho::AsyncClient,
+    pub routes: HashMap<String, Vec<String>>,
+    pub qos: i32,
+    pub outbox: Arc<Spool>,
+    /// What a previous run left in the outbox, oldest first.
+    pub held: Vec<u64>,
+    pub window: usize,
+    pub mailbox: usize,
+}
+
 impl MqttEgress {
-    pub fn new(
-        client: paho::AsyncClient,
-        routes: HashMap<String, Vec<String>>,
-        qos: i32,
-        mailbox: usize,
-    ) -> Self {
+    pub fn new(cfg: EgressConfig) -> Self {
+        if !cfg.held.is_empty() {
+            info!(
+                messages = cfg.held.len(),
+                "the outbox holds messages the broker has not acknowledged; they go out once it is connected"
+            );
+        }
         Self {
-            client,
-            routes,
-            qos,
-            ack_timeout: Duration::from_secs(10),
-            mailbox,
+            client: cfg.client,
+            routes: cfg.routes,
+            qos: cfg.qos,
+            outbox: cfg.outbox,
+            pending: cfg.held.into(),
+            in_flight: 0,
+            window: cfg.window.max(1),
+            retry_scheduled: false,
+            mailbox: cfg.mailbox,
         }
     }
+
+    /// Hands outbox entries to paho while connected and the window allows.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while self.in_flight < self.window && self.client.is_connected() {
+            let Some(seq) = self.pending.pop_front() else {
+                return;
+            };
+            self.in_flight += 1;
+            let (client, outbox, qos) = (self.client.clone(), self.outbox.clone(), self.qos);
+            let send = async move {
+                let msg = spool::blocking(move || outbox.read(seq))
+                    .await
+                    .and_then(|r| r);
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    Err(e) => return Sent::Unreadable(e),
+                };
+                let token = client.publish(paho::Message::new(&msg.topic, msg.payload, qos));
+                match tokio::time::timeout(ACK_DEADLINE, token).await {
+                    Ok(Ok(())) => Sent::Acknowledged(msg.topic),
+                    Ok(Err(e)) => Sent::Refused(e.to_string()),
+                    Err(_) => Sent::Refused(format!("no acknowledgement within {ACK_DEADLINE:?}")),
+                }
+            };
+            ctx.spawn(wrap_future::<_, Self>(send).map(move |sent, act, ctx| {
+                act.in_flight -= 1;
+                act.settle(seq, sent, ctx);
+            }));
+        }
+    }
+
+    fn settle(&mut self, seq: u64, sent: Sent, ctx: &mut Context<Self>) {
+        match sent {
+            Sent::Acknowledged(topic) => {
+                debug!(%topic, seq, "the broker acknowledged an outbox message");
+                self.forget(seq, ctx);
+            }
+            Sent::Unreadable(e) => {
+                error!(seq, error = %e, "an outbox message cannot be read; dropped");
+                self.forget(seq, ctx);
+            }
+            Sent::Refused(e) => {
+                warn!(seq, error = %e, "the broker did not acknowledge an outbox message; it is sent again");
+                self.pending.push_front(seq);
+                self.schedule_retry(ctx);
+            }
+        }
+        self.pump(ctx);
+    }
+
+    fn forget(&self, seq: u64, ctx: &mut Context<Self>) {
+        let outbox = self.outbox.clone();
+        ctx.spawn(wrap_future(async move {
+            let _ = spool::blocking(move || outbox.remove(seq)).await;
+        }));
+    }
+
+    /// A refusal while paho still says "connected" (it notices a dead link
+    /// late): try again shortly rather than in a tight loop.
+    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
+        if self.retry_scheduled {
+            return;
+        }
+        self.retry_scheduled = true;
+        ctx.run_later(RETRY_PAUSE, |act, ctx| {
+            act.retry_scheduled = false;
+            act.pump(ctx);
+        });
+    }
+
+    /// Best effort: a progress status missed during an outage is stale by
+    /// the time the broker is back.
+    fn send_now(&self, topics: Vec<String>, payload: Vec<u8>, message_type: String) {
+        if !self.client.is_connected() {
+            debug!(%message_type, "not connected to the broker; status not sent");
+            return;
+        }
+        for topic in topics {
+            let token = self
+                .client
+                .publish(paho::Message::new(&topic, payload.clone(), self.qos));
+            let message_type = message_type.clone();
+            actix::spawn(async move {
+                if let Err(e) = token.await {
+                    debug!(%topic, %message_type, error = %e, "status not delivered");
+                }
+            });
+        }
+    }
+}
+
+/// How one outbox message fared.
+enum Sent {
+    Acknowledged(String),
+    Refused(String),
+    Unreadable(std::io::Error),
 }
 
 impl Actor for MqttEgress {
@@ -56,48 +197,62 @@ impl Actor for MqttEgress {
         // Status messages are offered with `try_send`; a burst of jobs must
         // not find the default 16-slot mailbox full.
         ctx.set_mailbox_capacity(self.mailbox);
+        self.pump(ctx);
     }
 }
 
 impl Supervised for MqttEgress {}
 
+impl Handler<Link> for MqttEgress {
+    type Result = ();
+
+    fn handle(&mut self, link: Link, ctx: &mut Context<Self>) {
+        if link.up {
+            if !self.pending.is_empty() {
+                info!(
+                    messages = self.pending.len(),
+                    "connected: sending what the outbox holds"
+                );
+            }
+            self.pump(ctx);
+        }
+    }
+}
+
 impl Handler<Publish> for MqttEgress {
-    type Result = ResponseFuture<Result<(), PublishError>>;
+    type Result = ResponseActFuture<Self, Result<(), PublishError>>;
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
-        let client = self.client.clone();
         let topics = self
             .routes
             .get(&msg.message_type)
             .cloned()
             .unwrap_or_default();
-        let qos = self.qos;
-        let ack_timeout = self.ack_timeout;
-        Box::pin(async move {
-            if topics.is_empty() {
-                // Optional messages (firmware_status) are off without an address.
-                debug!(message_type = %msg.message_type, "no send address carries this message type");
-                return Ok(());
-            }
-            let payload = serde_json::to_vec(&msg.content)?;
-            for topic in topics {
-                // Queued by the client (kept on disk while the broker is
-                // away); the acknowledgement is awaited off the job's path.
-                let token = client.publish(paho::Message::new(&topic, payload.clone(), qos));
-                let message_type = msg.message_type.clone();
-                actix::spawn(async move {
-                    match tokio::time::timeout(ack_timeout, token).await {
-                        Ok(Ok(())) => debug!(%topic, %message_type, "published"),
-                        Ok(Err(e)) => {
-                            warn!(%topic, %message_type, error = %e, "the broker did not take the message; the client retries after reconnecting")
-                        }
-                        Err(_) => {
-                            warn!(%topic, %message_type, "broker has not acknowledged yet; the client keeps the message and delivers it after reconnecting")
-                        }
-                    }
-                });
-            }
+        let payload = match serde_json::to_vec(&msg.content) {
+            Ok(p) => p,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e.into()))),
+        };
+        if topics.is_empty() {
+            // Optional messages (firmware_status) are off without an address.
+            debug!(message_type = %msg.message_type, "no send address carries this message type");
+            return Box::pin(actix::fut::ready(Ok(())));
+        }
+        if !msg.durable {
+            self.send_now(topics, payload, msg.message_type);
+            return Box::pin(actix::fut::ready(Ok(())));
+        }
+        let outbox = self.outbox.clone();
+        let hold = spool::blocking(move || {
+            topics
+                .iter()
+                .map(|t| outbox.put(t, &payload))
+                .collect::<std::io::Result<Vec<u64>>>()
+        });
+        Box::pin(wrap_future::<_, Self>(hold).map(|held, act, ctx| {
+            let seqs = held.and_then(|r| r).map_err(PublishError::Outbox)?;
+            act.pending.extend(seqs);
+            act.pump(ctx);
             Ok(())
-        })
+        }))
     }
 }

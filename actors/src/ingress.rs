@@ -7,21 +7,21 @@
 //! queue slows ingress down instead of losing work.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::wrap_future;
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Recipient, StreamHandler,
-    Supervised, WrapFuture,
-};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Recipient, StreamHandler, Supervised};
 use gator_ota_settings::MessageSpec;
 use paho_mqtt as paho;
 use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
+use crate::egress::Link;
 use crate::messages::Envelope;
 use crate::mqtt::{self, topic_matches};
 use crate::scarecro_topics::TopicMap;
+use crate::spool::{self, Spool, Spooled};
 use crate::status::{Reason, StatusSink};
 use crate::time;
 
@@ -40,7 +40,7 @@ pub struct MqttIngress {
     subscriptions: Vec<Subscription>,
     specs: HashMap<String, MessageSpec>,
     router: Recipient<Envelope>,
-    stream_buffer: usize,
+    inbox: Arc<Spool>,
     max_payload: usize,
     retry: Duration,
     retry_max: Duration,
@@ -55,14 +55,21 @@ pub struct IngressConfig {
     pub specs: HashMap<String, MessageSpec>,
     pub router: Recipient<Envelope>,
     pub qos: i32,
-    pub stream_buffer: usize,
+    /// Where messages are held from paho's callback until a job is journaled.
+    pub inbox: Arc<Spool>,
+    /// Messages a previous run held but did not hand on, oldest first.
+    pub held: Vec<u64>,
     pub max_payload: usize,
+    /// Inbox backlog past which a warning is logged (`pipeline.mqtt_buffer`).
+    pub backlog_warning: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
     /// SCARECRO's topic → address table; `None` matches subscription filters.
     pub topic_map: Option<TopicMap>,
     /// Where rejections are reported as FAILED statuses.
     pub status: StatusSink,
+    /// Told when the connection comes and goes (egress sends its outbox).
+    pub link: Recipient<Link>,
 }
 
 impl MqttIngress {
@@ -70,11 +77,21 @@ impl MqttIngress {
     /// a field, is attached before the first connection.
     pub fn create(cfg: IngressConfig, ctx: &mut Context<Self>) -> Self {
         let client = cfg.client;
-        attach_stream(&client, cfg.stream_buffer, ctx);
+        let warn_at = cfg.backlog_warning;
+        attach_stream(
+            &client,
+            cfg.inbox.clone(),
+            cfg.max_payload,
+            cfg.held,
+            warn_at,
+            ctx,
+        );
         let topics: Vec<String> = cfg.subscriptions.iter().map(|s| s.topic.clone()).collect();
         let qos = vec![cfg.qos; topics.len()];
+        let (up, down) = (cfg.link.clone(), cfg.link);
         client.set_connected_callback(move |c| {
             info!("connected to the broker");
+            up.do_send(Link { up: true });
             let token = c.subscribe_many(&topics, &qos);
             let topics = topics.clone();
             // The callback runs on paho's thread, which must not block; the
@@ -84,14 +101,17 @@ impl MqttIngress {
                 Err(e) => error!(?topics, error = %e, "the broker refused the subscription"),
             });
         });
-        client.set_connection_lost_callback(|_| warn!("lost the broker connection; reconnecting"));
+        client.set_connection_lost_callback(move |_| {
+            warn!("lost the broker connection; reconnecting");
+            down.do_send(Link { up: false });
+        });
         Self {
             client,
             connect: cfg.connect,
             subscriptions: cfg.subscriptions,
             specs: cfg.specs,
             router: cfg.router,
-            stream_buffer: cfg.stream_buffer,
+            inbox: cfg.inbox,
             max_payload: cfg.max_payload,
             retry: cfg.retry_min,
             retry_max: cfg.retry_max,
@@ -155,26 +175,70 @@ impl MqttIngress {
             msg_time,
             msg_type: msg_type.to_string(),
             msg_content: content.clone(),
+            receipt: None,
         }
     }
 }
 
-/// Feeds broker messages to the actor. paho's own stream drops messages
-/// when its buffer is full, and its callback must not block (paho holds its
-/// client lock while calling it, so a blocked callback would stall every
-/// publish). So nothing is refused here: the hand-off is unbounded, ingress
-/// takes one message at a time and waits while the job queue is full, and a
-/// backlog beyond `pipeline.mqtt_buffer` is logged once per episode.
-fn attach_stream(client: &paho::AsyncClient, warn_at: usize, ctx: &mut Context<MqttIngress>) {
+/// What the message callback hands to the actor: a message held in the
+/// inbox, or, when the disk refused it, the message itself.
+pub enum Inbound {
+    Held(u64),
+    Unheld(Spooled),
+    Oversize { topic: String, bytes: usize },
+}
+
+/// Feeds broker messages to the actor. paho acknowledges a QoS 1 message
+/// when this callback returns, so the message is written to the inbox
+/// (fsynced) first: once the broker forgets it, it is on disk. Only its
+/// sequence number waits in memory, however long the job queue stays full.
+/// The callback must not wait on anything else (paho holds its client lock
+/// while calling it, so it would stall every publish); a disk write is
+/// bounded. A payload over the limit is refused here, unwritten.
+fn attach_stream(
+    client: &paho::AsyncClient,
+    inbox: Arc<Spool>,
+    max_payload: usize,
+    held: Vec<u64>,
+    warn_at: usize,
+    ctx: &mut Context<MqttIngress>,
+) {
     let (tx, rx) = paho::async_channel::unbounded();
+    for seq in held {
+        let _ = tx.try_send(Inbound::Held(seq));
+    }
     let mut warned = false;
     client.set_message_callback(move |_, msg| {
-        let _ = tx.try_send(msg);
+        let Some(msg) = msg else {
+            return;
+        };
+        let (topic, payload) = (msg.topic(), msg.payload());
+        let item = if payload.len() > max_payload {
+            Inbound::Oversize {
+                topic: topic.to_string(),
+                bytes: payload.len(),
+            }
+        } else {
+            match inbox.put(topic, payload) {
+                Ok(seq) => {
+                    debug!(%topic, seq, bytes = payload.len(), "held in the inbox");
+                    Inbound::Held(seq)
+                }
+                Err(e) => {
+                    error!(%topic, error = %e, "cannot write the inbox; the message waits in memory and is lost if the process stops first");
+                    Inbound::Unheld(Spooled {
+                        topic: topic.to_string(),
+                        payload: payload.to_vec(),
+                    })
+                }
+            }
+        };
+        let _ = tx.try_send(item);
         let backlog = tx.len();
         if backlog > warn_at && !warned {
             warn!(
                 backlog,
-                "ingress is busy; messages wait in memory until the job queue has room"
+                "ingress is busy; messages wait in the inbox on disk until the job queue has room"
             );
             warned = true;
         } else if backlog <= warn_at / 2 {
@@ -192,68 +256,134 @@ impl Actor for MqttIngress {
     }
 }
 
-impl Supervised for MqttIngress {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
-        // The old stream ended with the old actor; attach a new one.
-        attach_stream(&self.client, self.stream_buffer, ctx);
+impl Supervised for MqttIngress {}
+
+/// Hands a message on, then forgets it from the inbox. A message the router
+/// could not take stays there for the next start.
+async fn deliver(
+    disposition: Disposition,
+    seq: Option<u64>,
+    router: Recipient<Envelope>,
+    status: StatusSink,
+    inbox: Arc<Spool>,
+) {
+    match disposition {
+        Disposition::Route(envelopes) => {
+            for mut env in envelopes {
+                env.receipt = seq;
+                info!(msg_id = %env.msg_id, msg_type = %env.msg_type, "received");
+                if let Err(e) = router.send(env).await {
+                    error!(error = %e, "the task router is not running; the message stays in the inbox for the next start");
+                    return;
+                }
+            }
+        }
+        Disposition::Reject(detail) => status.failed("", "", Reason::InvalidMessage, &detail).await,
+        Disposition::Ignore => {}
+    }
+    if let Some(seq) = seq {
+        let _ = spool::blocking(move || inbox.remove(seq)).await;
     }
 }
 
-impl StreamHandler<Option<paho::Message>> for MqttIngress {
-    fn handle(&mut self, item: Option<paho::Message>, ctx: &mut Context<Self>) {
-        let Some(msg) = item else {
-            // paho's marker for a lost connection; the callback logged it.
-            return;
-        };
-        let topic = msg.topic();
+/// What to do with one message.
+enum Disposition {
+    Route(Vec<Envelope>),
+    Reject(String),
+    Ignore,
+}
+
+impl MqttIngress {
+    /// Parses a message and decides its fate; logs why it goes nowhere.
+    fn dispose(&self, msg: &Spooled) -> Disposition {
+        let topic = msg.topic.as_str();
         let Some(sub) = self.subscription_for(topic) else {
             warn!(%topic, "message on a topic no receive address listens to; dropped");
-            return;
+            return Disposition::Ignore;
         };
-        let payload = msg.payload();
-        if payload.len() > self.max_payload {
-            error!(%topic, address = %sub.address, bytes = payload.len(), max = self.max_payload, reason = %Reason::InvalidMessage,
-                "payload larger than pipeline.max_payload_bytes; dropped unparsed");
-            let detail = format!(
-                "payload of {} bytes on {topic} is over the {}-byte limit",
-                payload.len(),
-                self.max_payload
-            );
-            self.status.failed("", "", Reason::InvalidMessage, &detail);
-            return;
-        }
-        let content: Value = match serde_json::from_slice(payload) {
+        let content: Value = match serde_json::from_slice(&msg.payload) {
             Ok(v) => v,
             Err(e) => {
                 error!(%topic, address = %sub.address, error = %e, reason = %Reason::InvalidMessage, "payload is not JSON; dropped");
-                let detail = format!("payload on {topic} is not JSON: {e}");
-                self.status.failed("", "", Reason::InvalidMessage, &detail);
-                return;
+                return Disposition::Reject(format!("payload on {topic} is not JSON: {e}"));
             }
         };
-        let envelopes: Vec<Envelope> = sub
-            .message_types
-            .iter()
-            .map(|t| self.envelope(t, &content))
-            .collect();
-        let router = self.router.clone();
-        // `wait` holds back the next stream item until the router took this
-        // one: backpressure instead of an unbounded queue.
-        ctx.wait(
-            async move {
-                for env in envelopes {
-                    info!(msg_id = %env.msg_id, msg_type = %env.msg_type, "received");
-                    if let Err(e) = router.send(env).await {
-                        error!(error = %e, "the task router is not running; message not routed");
-                    }
+        Disposition::Route(
+            sub.message_types
+                .iter()
+                .map(|t| self.envelope(t, &content))
+                .collect(),
+        )
+    }
+}
+
+impl MqttIngress {
+    /// A message that cannot be parsed at all: over the size limit, or an
+    /// inbox file that no longer reads.
+    fn refused(&self, refusal: Refusal) -> Disposition {
+        match refusal {
+            Refusal::Oversize { topic, bytes } => {
+                let max = self.max_payload;
+                error!(%topic, bytes, max, reason = %Reason::InvalidMessage,
+                    "payload larger than pipeline.max_payload_bytes; dropped unparsed");
+                Disposition::Reject(format!(
+                    "payload of {bytes} bytes on {topic} is over the {max}-byte limit"
+                ))
+            }
+            Refusal::Unreadable(e) => {
+                error!(error = %e, "a message held in the inbox cannot be read; dropped");
+                Disposition::Ignore
+            }
+        }
+    }
+}
+
+/// Why a message never reaches the parser.
+enum Refusal {
+    Oversize { topic: String, bytes: usize },
+    Unreadable(String),
+}
+
+impl StreamHandler<Inbound> for MqttIngress {
+    fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
+        let inbox = self.inbox.clone();
+        let load = async move {
+            match item {
+                Inbound::Held(seq) => {
+                    let read = spool::blocking(move || inbox.read(seq))
+                        .await
+                        .and_then(|r| r)
+                        .map_err(|e| Refusal::Unreadable(e.to_string()));
+                    (Some(seq), read)
+                }
+                Inbound::Unheld(msg) => (None, Ok(msg)),
+                Inbound::Oversize { topic, bytes } => {
+                    (None, Err(Refusal::Oversize { topic, bytes }))
                 }
             }
-            .into_actor(self),
-        );
+        };
+        // `wait` holds back the next message until the router took this one
+        // (the job is journaled): a full job queue slows ingress down, and
+        // the inbox, not memory, holds the rest.
+        ctx.wait(wrap_future::<_, Self>(load).then(|(seq, msg), act, _| {
+            let disposition = match msg {
+                Ok(msg) => act.dispose(&msg),
+                Err(refusal) => act.refused(refusal),
+            };
+            let (router, status, inbox) =
+                (act.router.clone(), act.status.clone(), act.inbox.clone());
+            wrap_future(deliver(disposition, seq, router, status, inbox))
+        }));
     }
 
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        error!("the MQTT message stream closed; restarting ingress");
-        ctx.stop();
+    /// The stream ends only if paho dropped the message callback, which it
+    /// never does while the client lives. Should it happen, nothing is lost
+    /// (the inbox holds every message): end the process so systemd starts a
+    /// fresh one rather than run deaf.
+    fn finished(&mut self, _: &mut Context<Self>) {
+        error!(
+            "the MQTT message stream closed; stopping so the service manager restarts gator-ota"
+        );
+        actix::System::current().stop_with_code(1);
     }
 }

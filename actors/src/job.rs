@@ -117,15 +117,19 @@ impl Runner {
                     Err(f) => {
                         error!(reason = %f.reason, error = %f.detail, "firmware job failed; the previous image and pointer are unchanged and no confirm_receipt is sent");
                         self.status
-                            .failed(&job.msg_id, &job.file_name, f.reason, &f.detail);
+                            .failed(&job.msg_id, &job.file_name, f.reason, &f.detail)
+                            .await;
                         self.discard(&job).await;
                         self.end(&rec).await;
                         return;
                     }
                 }
             }
-            self.confirm(&job).await;
-            self.end(&rec).await;
+            if self.confirm(&job).await {
+                self.end(&rec).await;
+            } else {
+                error!("the confirm_receipt is not in the outbox; the job stays in the journal and confirms at the next start");
+            }
         }
         .instrument(span)
         .await;
@@ -152,10 +156,12 @@ impl Runner {
         }
     }
 
-    async fn confirm(&self, job: &FirmwareJob) {
+    /// True once the confirm_receipt is in the outbox (or none was asked
+    /// for): from there egress delivers it whatever happens to the broker.
+    async fn confirm(&self, job: &FirmwareJob) -> bool {
         if !job.confirm_receipt {
             info!("confirm_receipt not requested");
-            return;
+            return true;
         }
         let confirm = Publish {
             message_type: "confirm_receipt".into(),
@@ -165,11 +171,21 @@ impl Runner {
                 "confirm_receipt": true,
                 "time": time::now(),
             }),
+            durable: true,
         };
         match self.egress.send(confirm).await {
-            Ok(Ok(())) => info!("confirm_receipt sent"),
-            Ok(Err(e)) => error!(error = %e, "confirm_receipt not sent"),
-            Err(e) => error!(error = %e, "confirm_receipt not sent: egress is not running"),
+            Ok(Ok(())) => {
+                info!("confirm_receipt sent");
+                true
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "confirm_receipt not sent");
+                false
+            }
+            Err(e) => {
+                error!(error = %e, "confirm_receipt not sent: egress is not running");
+                false
+            }
         }
     }
 
@@ -236,7 +252,8 @@ impl Runner {
         match self.commit.send(commit).await {
             Ok(Ok(())) => {
                 self.status
-                    .send(&job.msg_id, &job.file_name, State::Installed, None, None);
+                    .terminal(&job.msg_id, &job.file_name, State::Installed, None)
+                    .await;
                 Ok(())
             }
             Ok(Err(e)) => Err(write_failure(e)),

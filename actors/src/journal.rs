@@ -40,6 +40,9 @@ pub struct JobRecord {
     pub state: JobState,
     #[serde(default)]
     pub etag: Option<String>,
+    /// The inbox entry the job came from (see [`crate::spool`]).
+    #[serde(default)]
+    pub receipt: Option<u64>,
 }
 
 /// An image gator-ota installed.
@@ -209,6 +212,7 @@ mod tests {
                 content: serde_json::json!({"file_name": "a"}),
                 state: JobState::Queued,
                 etag: None,
+                receipt: None,
             };
             j.save(&rec).await.unwrap();
         }

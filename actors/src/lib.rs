@@ -29,6 +29,7 @@ pub mod s3_carrier;
 pub mod scarecro_topics;
 pub mod service;
 pub mod signature;
+pub mod spool;
 pub mod status;
 pub mod time;
 pub mod writer;

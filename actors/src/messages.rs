@@ -18,6 +18,10 @@ pub struct Envelope {
     pub msg_time: String,
     pub msg_type: String,
     pub msg_content: serde_json::Value,
+    /// The inbox entry the message came from, so a job journaled just
+    /// before a crash is not taken from the inbox a second time.
+    #[serde(skip)]
+    pub receipt: Option<u64>,
 }
 
 /// Router → carrier: run `task` for one message. Resolves once the job is
@@ -45,10 +49,13 @@ pub enum TransferError {
 pub type ByteStream = BoxStream<'static, Result<Bytes, TransferError>>;
 
 /// Carrier → egress: send a message of `message_type` on every send address
-/// that carries it.
+/// that carries it. Resolves once a `durable` message is in the outbox (it
+/// is then sent until the broker acknowledges it, across reconnects and
+/// restarts); other messages go out only while the broker is connected.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), crate::egress::PublishError>")]
 pub struct Publish {
     pub message_type: String,
     pub content: serde_json::Value,
+    pub durable: bool,
 }

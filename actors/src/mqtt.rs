@@ -5,8 +5,6 @@
 //! once a first connection has been made; the connected callback subscribes
 //! again every time, so a broker that lost its state still delivers.
 
-use std::path::Path;
-
 use gator_ota_settings::MqttCarrier;
 use paho_mqtt as paho;
 
@@ -20,14 +18,15 @@ pub enum MqttSetupError {
     },
 }
 
-/// Builds the client. Outgoing messages are kept on disk under
-/// `persistence_dir` while the broker is away, so a confirm_receipt produced
-/// during an outage is delivered after it.
-pub fn client(
-    name: &str,
-    carrier: &MqttCarrier,
-    persistence_dir: &Path,
-) -> Result<paho::AsyncClient, MqttSetupError> {
+/// Builds the client.
+///
+/// paho keeps its session state in memory only. Its file persistence, used
+/// here before, corrupted the heap under rapid reconnects while messages
+/// flowed (double frees in `MQTTProtocol_removePublication` and `pstget`),
+/// and its offline buffer drops the oldest message past a limit. Durability
+/// is gator-ota's own: the inbox and the outbox ([`crate::spool`]). paho
+/// only ever holds the messages of the current connection window.
+pub fn client(name: &str, carrier: &MqttCarrier) -> Result<paho::AsyncClient, MqttSetupError> {
     let err = |source| MqttSetupError::Paho {
         carrier: name.to_string(),
         source,
@@ -38,10 +37,8 @@ pub fn client(
         .server_uri(url)
         .client_id(&carrier.client_id)
         .mqtt_version(carrier.version)
-        .persistence(persistence_dir.to_path_buf())
-        .max_buffered_messages(1000)
-        .send_while_disconnected(true)
-        .delete_oldest_messages(true)
+        .persistence(paho::PersistenceType::None)
+        .send_while_disconnected(false)
         .finalize();
     paho::AsyncClient::new(opts).map_err(err)
 }

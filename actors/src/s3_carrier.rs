@@ -232,12 +232,15 @@ impl Handler<RunTask> for S3CarrierActor {
                         .unwrap_or_default();
                     error!(msg_id = %env.msg_id, task = %run.task, reason = %Reason::InvalidMessage, error = %e,
                         "invalid firmware_image rejected; nothing was written");
-                    runner.status.failed(
-                        &env.msg_id,
-                        file_name,
-                        Reason::InvalidMessage,
-                        &e.to_string(),
-                    );
+                    runner
+                        .status
+                        .failed(
+                            &env.msg_id,
+                            file_name,
+                            Reason::InvalidMessage,
+                            &e.to_string(),
+                        )
+                        .await;
                     return;
                 }
             };
@@ -247,6 +250,7 @@ impl Handler<RunTask> for S3CarrierActor {
                 content: env.msg_content,
                 state: JobState::Queued,
                 etag: None,
+                receipt: env.receipt,
             };
             if let Err(e) = runner.journal.save(&rec).await {
                 error!(msg_id = %env.msg_id, error = %e, "cannot journal the job; it runs, but would not survive a restart");

@@ -1,6 +1,6 @@
 //! Wiring: settings in, a running supervised pipeline out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +10,11 @@ use gator_ota_settings::{Carrier, Direction, Settings};
 use paho_mqtt as paho;
 use tracing::{info, warn};
 
-use crate::egress::MqttEgress;
+use crate::egress::{EgressConfig, MqttEgress};
 use crate::firmware::Defaults;
 use crate::ingress::{IngressConfig, MqttIngress, Subscription};
 use crate::job::{Policy, Runner};
-use crate::journal::Journal;
+use crate::journal::{JobRecord, Journal};
 use crate::messages::RunTask;
 use crate::mqtt::{self, MqttSetupError};
 use crate::paths::{Confinement, STATE_DIR};
@@ -22,6 +22,7 @@ use crate::router::{RouteError, TaskRouter};
 use crate::s3_carrier::{S3CarrierActor, StoreSetupError, open_store};
 use crate::scarecro_topics::TopicMap;
 use crate::signature::{KeyError, Keyring};
+use crate::spool::Spool;
 use crate::status::StatusSink;
 use crate::writer::{FsWriter, TEMP_PREFIX};
 
@@ -74,9 +75,7 @@ impl Service {
 
         let (mqtt_name, mqtt_carrier) = the_mqtt_carrier(settings)?;
         let state = data_dir.join(STATE_DIR);
-        let persistence = state.join("mqtt");
-        std::fs::create_dir_all(&persistence).map_err(folder_err(&persistence))?;
-        let client = mqtt::client(mqtt_name, mqtt_carrier, &persistence)?;
+        let client = mqtt::client(mqtt_name, mqtt_carrier)?;
         let connect = mqtt::connect_options(mqtt_name, mqtt_carrier)?;
 
         let chunks = settings.pipeline.write_chunks;
@@ -95,10 +94,18 @@ impl Service {
                     .push(address.topic.clone());
             }
         }
-        let (egress_client, qos) = (client.clone(), mqtt_carrier.qos);
-        let mailbox = settings.pipeline.mqtt_buffer;
-        let egress =
-            Supervisor::start(move |_| MqttEgress::new(egress_client, routes, qos, mailbox));
+        let outbox_dir = state.join("outbox");
+        let (outbox, held) = Spool::open(&outbox_dir).map_err(folder_err(&outbox_dir))?;
+        let egress_cfg = EgressConfig {
+            client: client.clone(),
+            routes,
+            qos: mqtt_carrier.qos,
+            outbox: Arc::new(outbox),
+            held,
+            window: settings.pipeline.mqtt_buffer,
+            mailbox: settings.pipeline.mqtt_buffer,
+        };
+        let egress = Supervisor::start(move |_| MqttEgress::new(egress_cfg));
 
         let keyring = Arc::new(Keyring::load(
             &settings.firmware.public_keys,
@@ -106,6 +113,7 @@ impl Service {
         )?);
         let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
         let journal = Arc::new(journal);
+        let (inbox, held) = open_inbox(&state, &pending).map_err(folder_err(&state))?;
         let status = StatusSink {
             egress: egress.clone().recipient(),
             system_id: settings.system.id.clone(),
@@ -191,12 +199,15 @@ impl Service {
             specs: settings.messages.clone().into_iter().collect(),
             router: router.recipient(),
             qos: mqtt_carrier.qos,
-            stream_buffer: settings.pipeline.mqtt_buffer,
+            inbox: Arc::new(inbox),
+            held,
             max_payload: settings.pipeline.max_payload_bytes,
+            backlog_warning: settings.pipeline.mqtt_buffer,
             retry_min: mqtt_carrier.reconnect_min,
             retry_max: mqtt_carrier.reconnect_max,
             topic_map: TopicMap::from_routes(&mqtt_carrier.scarecro_topics),
             status: status.clone(),
+            link: egress.clone().recipient(),
         };
         let ingress = Supervisor::start(move |ctx| MqttIngress::create(cfg, ctx));
         info!(system_id = %settings.system.id, broker = %mqtt_carrier.url,
@@ -219,6 +230,25 @@ impl Service {
             }
         }
     }
+}
+
+/// Opens the inbox and returns the messages a previous run held but did not
+/// hand on. A message whose job reached the journal just before a stop is
+/// not taken a second time.
+fn open_inbox(state: &Path, pending: &[JobRecord]) -> std::io::Result<(Spool, Vec<u64>)> {
+    let (inbox, held) = Spool::open(&state.join("inbox"))?;
+    let journaled: HashSet<u64> = pending.iter().filter_map(|r| r.receipt).collect();
+    let (done, held): (Vec<u64>, Vec<u64>) = held.into_iter().partition(|s| journaled.contains(s));
+    for seq in done {
+        inbox.remove(seq);
+    }
+    if !held.is_empty() {
+        info!(
+            messages = held.len(),
+            "the inbox holds messages from before the last stop; they are taken first"
+        );
+    }
+    Ok((inbox, held))
 }
 
 fn the_mqtt_carrier(

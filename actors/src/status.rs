@@ -82,19 +82,36 @@ pub struct StatusSink {
 }
 
 impl StatusSink {
-    /// A FAILED status with its reason.
-    pub fn failed(&self, msg_id: &str, file_name: &str, reason: Reason, detail: &str) {
-        self.send(
-            msg_id,
-            file_name,
-            State::Failed,
-            None,
-            Some((reason, detail)),
-        );
+    /// A FAILED status with its reason, kept until the broker has it.
+    pub async fn failed(&self, msg_id: &str, file_name: &str, reason: Reason, detail: &str) {
+        self.terminal(msg_id, file_name, State::Failed, Some((reason, detail)))
+            .await;
     }
 
-    /// Best effort: a status is information, so a full egress mailbox drops
-    /// it (with a log line) rather than stalling a download.
+    /// A status that ends a job (INSTALLED, FAILED): written to the outbox,
+    /// so it reaches the cloud after any outage. Waits for a full mailbox.
+    pub async fn terminal(
+        &self,
+        msg_id: &str,
+        file_name: &str,
+        state: State,
+        failure: Option<(Reason, &str)>,
+    ) {
+        let publish = self.publish(msg_id, file_name, state, None, failure, true);
+        match self.egress.send(publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(%msg_id, status = %state, error = %e, "status message not sent")
+            }
+            Err(e) => {
+                tracing::error!(%msg_id, status = %state, error = %e, "status message not sent: egress is not running")
+            }
+        }
+    }
+
+    /// Best effort: a progress status is information, so a full egress
+    /// mailbox drops it (with a log line) rather than stalling a download,
+    /// and it is not sent while the broker is away.
     pub fn send(
         &self,
         msg_id: &str,
@@ -103,6 +120,21 @@ impl StatusSink {
         percent: Option<u8>,
         failure: Option<(Reason, &str)>,
     ) {
+        let publish = self.publish(msg_id, file_name, state, percent, failure, false);
+        if let Err(e) = self.egress.try_send(publish) {
+            tracing::warn!(%msg_id, status = %state, error = %e, "status message dropped");
+        }
+    }
+
+    fn publish(
+        &self,
+        msg_id: &str,
+        file_name: &str,
+        state: State,
+        percent: Option<u8>,
+        failure: Option<(Reason, &str)>,
+        durable: bool,
+    ) -> Publish {
         let mut content = json!({
             "id": self.system_id,
             "msg_id": msg_id,
@@ -117,12 +149,10 @@ impl StatusSink {
             content["reason"] = json!(reason.to_string());
             content["detail"] = json!(detail);
         }
-        let publish = Publish {
+        Publish {
             message_type: MESSAGE_TYPE.into(),
             content,
-        };
-        if let Err(e) = self.egress.try_send(publish) {
-            tracing::warn!(%msg_id, status = %state, error = %e, "status message dropped");
+            durable,
         }
     }
 }

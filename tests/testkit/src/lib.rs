@@ -18,7 +18,7 @@ pub mod tls;
 mod wait;
 
 pub use broker::{Broker, MOSQUITTO_ENV};
-pub use mqtt::{Subscriber, publish, publish_tls};
+pub use mqtt::{Collector, Subscriber, publish, publish_tls, publish_until_acked};
 pub use s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY, pseudo_random_bytes, serve_s3, to_hex};
 pub use tls::TestPki;
 pub use wait::{free_port, wait_until};

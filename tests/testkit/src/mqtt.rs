@@ -281,3 +281,123 @@ impl Drop for Subscriber {
         }
     }
 }
+
+/// Publishes with QoS 1 until the broker acknowledges, trying again while it
+/// is down or restarting; false if `deadline` passes first. For tests that
+/// flap the broker: a message counts as sent only once it was acknowledged.
+pub fn publish_until_acked(url: &str, topic: &str, payload: &str, deadline: Duration) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        let create = mqtt::CreateOptionsBuilder::new()
+            .server_uri(url)
+            .client_id(unique_client_id("pub"))
+            .persistence(mqtt::PersistenceType::None)
+            .finalize();
+        let Ok(mut client) = mqtt::Client::new(create) else {
+            return false;
+        };
+        client.set_timeout(Duration::from_secs(2));
+        let mut opts = mqtt::ConnectOptionsBuilder::new();
+        opts.clean_session(true)
+            .connect_timeout(Duration::from_secs(2));
+        if client.connect(opts.finalize()).is_err() {
+            keep_failed(client);
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let sent = client.publish(mqtt::Message::new(topic, payload, QOS));
+        let _ = client.disconnect(None);
+        if sent.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Everything published on a topic filter, collected by a persistent session
+/// (clean session off, a fixed client id) that reconnects by itself: the way
+/// a cloud listener sees a gateway's messages across broker restarts. Use it
+/// with [`Broker::start_persistent`](crate::Broker::start_persistent), whose
+/// restarts keep the session's queue.
+pub struct Collector {
+    client: mqtt::AsyncClient,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Collector {
+    #[track_caller]
+    pub fn start(url: &str, topic: &str) -> Collector {
+        let create = mqtt::CreateOptionsBuilder::new()
+            .server_uri(url)
+            .client_id(unique_client_id("collector"))
+            .persistence(mqtt::PersistenceType::None)
+            .finalize();
+        let client = mqtt::AsyncClient::new(create).expect("create the collector client");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        client.set_message_callback(move |_, msg| {
+            if let Some(msg) = msg
+                && let Ok(v) = serde_json::from_slice(msg.payload())
+            {
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let filter = topic.to_string();
+        client.set_connected_callback(move |c| {
+            // Harmless when the broker kept the subscription.
+            c.subscribe(&filter, QOS);
+        });
+        let mut opts = mqtt::ConnectOptionsBuilder::new();
+        opts.clean_session(false)
+            .connect_timeout(OP_TIMEOUT)
+            .keep_alive_interval(Duration::from_secs(5))
+            .automatic_reconnect(Duration::from_millis(50), Duration::from_millis(500));
+        client
+            .connect(opts.finalize())
+            .wait_for(OP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("collector could not connect to {url}: {e}"));
+        client
+            .subscribe(topic, QOS)
+            .wait_for(OP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("collector could not subscribe to {topic}: {e}"));
+        Collector { client, seen }
+    }
+
+    /// Every message so far, as JSON, duplicates included.
+    pub fn all(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The distinct values of `field` seen so far.
+    pub fn distinct(&self, field: &str) -> std::collections::BTreeSet<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v[field].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until `n` distinct values of `field` were seen; false on timeout.
+    pub fn wait_distinct(&self, field: &str, n: usize, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.distinct(field).len() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.distinct(field).len() >= n
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if self.client.is_connected() {
+            let _ = self
+                .client
+                .disconnect(None)
+                .wait_for(Duration::from_secs(2));
+        }
+    }
+}
