@@ -319,6 +319,100 @@ fn a_bad_credential_is_refused_without_being_shown() {
 }
 
 #[test]
+fn a_broker_url_must_name_a_host_and_a_real_port() {
+    for (url, problem) in [
+        ("tcp://127.0.0.1:99999", "has port \"99999\""),
+        ("tcp://127.0.0.1:0", "has port \"0\""),
+        ("mqtt://broker:mqtt", "has port \"mqtt\""),
+        ("tcp://:1883", "names no host"),
+        ("ws://broker:80", "has scheme ws://"),
+        ("tcp://user:pw@broker:1883", "holds a user name or password"),
+        ("tcp://broker:1883/path", "has a path"),
+    ] {
+        let (key, text) = refused_env("GATOR_OTA__CARRIERS__MQTT__URL", url);
+        assert_eq!(key, "carriers.mqtt.url", "{text}");
+        assert_has(
+            &text,
+            &[&format!("{url:?} {problem}"), "use tcp://host:1883"],
+        );
+    }
+    let (key, text) = refused_file("[carriers.mqtt]\nurl = \"tcp://127.0.0.1:99999\"\n");
+    assert_eq!(key, "carriers.mqtt.url");
+    assert_has(&text, &["a port is a number from 1 to 65535"]);
+    for url in [
+        "tcp://broker",
+        "mqtt://broker:1883/",
+        "ssl://[::1]:8883",
+        "mqtts://broker.example:65535",
+    ] {
+        let s = load_with_env(None, &env(&[("GATOR_OTA__CARRIERS__MQTT__URL", url)]));
+        assert!(s.is_ok(), "{url}: {}", s.unwrap_err());
+    }
+}
+
+#[test]
+fn values_that_cannot_work_are_refused() {
+    let s3 = |field: &str| format!("GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__{field}");
+    let cases = [
+        (
+            vec![(s3("ENDPOINT"), "https://minio:99999")],
+            "carriers.s3_firmware_ota.endpoint",
+            "has port \"99999\"",
+        ),
+        (
+            vec![(s3("BUCKET"), "s3://bucket/firmware")],
+            "carriers.s3_firmware_ota.bucket",
+            "put a folder in it into prefix",
+        ),
+        (
+            vec![(s3("TIMEOUT"), "0s")],
+            "carriers.s3_firmware_ota.timeout",
+            "is 0",
+        ),
+        (
+            vec![(s3("CONNECT_TIMEOUT"), "0s")],
+            "carriers.s3_firmware_ota.connect_timeout",
+            "is 0",
+        ),
+        (
+            vec![("GATOR_OTA__CARRIERS__MQTT__KEEP_ALIVE".into(), "20h")],
+            "carriers.mqtt.keep_alive",
+            "above MQTT's limit of 65535s",
+        ),
+        (
+            vec![(
+                "GATOR_OTA__FIRMWARE__POINTER_FILE".into(),
+                "../pointer.json",
+            )],
+            "firmware.pointer_file",
+            "has an empty, `.` or `..` part",
+        ),
+        (
+            vec![("GATOR_OTA__FIRMWARE__IMAGES_DIR".into(), "")],
+            "firmware.images_dir",
+            "has an empty, `.` or `..` part",
+        ),
+    ];
+    for (vars, bad, problem) in cases {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let (key, text) = refused(None, &vars);
+        assert_eq!(key, bad, "{text}");
+        assert_has(&text, &[problem]);
+    }
+    let s = load_with_env(
+        None,
+        &env(&[
+            ("GATOR_OTA__FIRMWARE__IMAGES_DIR", "images/"),
+            (
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT",
+                "https://minio.example:9000/store",
+            ),
+        ]),
+    );
+    assert!(s.is_ok(), "{}", s.unwrap_err());
+}
+
+#[test]
 fn the_shipped_settings_files_load() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let example = root.join("deploy/settings.example.toml");
