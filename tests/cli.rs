@@ -99,3 +99,51 @@ fn the_example_settings_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_config_refuses_unknown_keys_and_wrong_types_by_their_full_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.toml");
+    let check = |toml: &str, env: &[(&str, &str)]| {
+        std::fs::write(&file, toml).unwrap();
+        let out = gator_ota(&["check-config", "--settings", file.to_str().unwrap()], env);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let in_file = format!("(in {})", file.display());
+
+    let stderr = check("[jobs]\nattemps = 3\n", &[]);
+    assert!(stderr.contains("settings key `jobs.attemps`"), "{stderr}");
+    assert!(stderr.contains(&in_file), "{stderr}");
+    assert!(stderr.contains("did you mean `jobs.attempts`?"), "{stderr}");
+
+    let stderr = check("[job]\nattempts = 3\n", &[]);
+    assert!(
+        stderr.contains("settings key `job`: is not a section"),
+        "{stderr}"
+    );
+
+    let stderr = check("[pipeline]\nqueue = \"many\"\n", &[]);
+    assert!(
+        stderr.contains("settings key `pipeline.queue`: \"many\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`queue = 16` (the default)"), "{stderr}");
+
+    let stderr = check("", &[("GATOR_OTA__JOB__ATTEMPTS", "3")]);
+    assert!(stderr.contains("settings key `job`"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `jobs` (GATOR_OTA__JOBS__ATTEMPTS)?"),
+        "{stderr}"
+    );
+
+    let stderr = check("[carriers.mqtt]\nurl = \"tcp://127.0.0.1:99999\"\n", &[]);
+    assert!(
+        stderr.contains("settings key `carriers.mqtt.url`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"tcp://127.0.0.1:99999\" has port"),
+        "{stderr}"
+    );
+}

@@ -6,14 +6,24 @@
 //! loading, [`Settings::validate`] turns every bad value into an error naming
 //! the key and the fix, so nothing starts on a half-valid configuration.
 //!
-//! Modules: [`secret`] keeps credentials out of logs and prints, [`load`]
-//! stacks the layers, [`validate`] checks them, [`scarecro`] reads a
-//! SCARECRO gateway's configuration folder into a layer of its own.
+//! Unknown sections and keys are refused, not ignored, and every error names
+//! the full key, where it was set (file or environment variable) and the fix.
+//!
+//! Modules: [`secret`] keeps credentials out of logs and prints, `load`
+//! stacks the layers, `keys` refuses unknown sections and keys, `merged`
+//! types the stacked tree with errors that name the full key, `validate`
+//! checks the values, [`scarecro`] reads a SCARECRO gateway's configuration
+//! folder into a layer of its own.
 
+mod keys;
 mod load;
+mod merged;
 pub mod scarecro;
 pub mod secret;
 mod validate;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -272,11 +282,25 @@ impl S3Carrier {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Send,
     Receive,
+}
+
+/// By hand, so that a wrong value says what the right ones are.
+impl<'de> Deserialize<'de> for Direction {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "send" => Ok(Self::Send),
+            "receive" => Ok(Self::Receive),
+            other => Err(serde::de::Error::invalid_value(
+                serde::de::Unexpected::Str(other),
+                &"\"send\" or \"receive\"",
+            )),
+        }
+    }
 }
 
 /// A SCARECRO address: a carrier, a direction and the message types on it.
@@ -295,20 +319,33 @@ pub struct Address {
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    struct OneOrMany;
+    impl<'de> serde::de::Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a message type or a list of them")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(s.split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut types = Vec::new();
+            while let Some(t) = seq.next_element::<String>()? {
+                types.push(t);
+            }
+            Ok(types)
+        }
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s
-            .split(',')
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect(),
-        OneOrMany::Many(v) => v,
-    })
+    d.deserialize_any(OneOrMany)
 }
 
 /// A SCARECRO task: which carrier function runs for which message.

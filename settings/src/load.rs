@@ -4,11 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat, Value};
+use serde::de::IgnoredAny;
 
-use crate::{
-    Carrier, DEFAULT_TOML, Firmware, MqttCarrier, Pipeline, S3Carrier, Secret, Settings,
-    SettingsError, System,
-};
+use crate::keys::check_env_names;
+use crate::merged::Merged;
+use crate::{Carrier, DEFAULT_TOML, Firmware, Pipeline, Secret, Settings, SettingsError, System};
 
 /// Environment variables with this prefix override settings:
 /// `GATOR_OTA__SECTION__KEY`, `__` between every level.
@@ -70,68 +70,53 @@ pub(crate) fn load_layers(
             .try_parsing(true)
             .source(Some(ours)),
     );
+    check_env_names(env)?;
     let cfg = builder.build()?;
+    let merged = Merged::new(
+        config::Source::collect(&cfg)?,
+        env,
+        file.as_deref(),
+        scarecro.map(crate::scarecro::Layer::origin),
+    );
+    crate::keys::check(&merged)?;
 
     let mut settings = Settings {
-        system: get::<System>(&cfg, "system")?,
-        firmware: get::<Firmware>(&cfg, "firmware")?,
-        pipeline: get::<Pipeline>(&cfg, "pipeline")?,
-        jobs: get(&cfg, "jobs")?,
-        messages: get(&cfg, "messages")?,
+        system: merged.section::<System>("system")?,
+        firmware: merged.section::<Firmware>("firmware")?,
+        pipeline: merged.section::<Pipeline>("pipeline")?,
+        jobs: merged.section("jobs")?,
+        messages: merged.section("messages")?,
         carriers: BTreeMap::new(),
-        addresses: get(&cfg, "addresses")?,
-        tasks: get(&cfg, "tasks")?,
+        addresses: merged.section("addresses")?,
+        tasks: merged.section("tasks")?,
     };
-    let raw: BTreeMap<String, Value> = get(&cfg, "carriers")?;
-    for (name, value) in raw {
+    let names: BTreeMap<String, IgnoredAny> = merged.section("carriers")?;
+    for name in names.keys() {
         settings
             .carriers
-            .insert(name.clone(), carrier(&name, value)?);
+            .insert(name.clone(), carrier(&merged, name)?);
     }
-    apply_secret_files_and_aws_env(&mut settings, env)?;
-    settings.validate()?;
+    apply_secret_files_and_aws_env(&mut settings, env)
+        .and_then(|()| settings.validate())
+        .map_err(|e| merged.locate(e))?;
     Ok(settings)
 }
 
-fn get<T: serde::de::DeserializeOwned>(cfg: &Config, key: &str) -> Result<T, SettingsError> {
-    cfg.get::<T>(key).map_err(|e| {
-        SettingsError::invalid(
-            key,
-            e.to_string(),
-            "correct the value or remove it to use the default",
-        )
-    })
-}
-
 /// Carriers differ by `source`, so each table is read by what it says it is.
-fn carrier(name: &str, value: Value) -> Result<Carrier, SettingsError> {
+fn carrier(m: &Merged, name: &str) -> Result<Carrier, SettingsError> {
     let key = format!("carriers.{name}");
-    let table = value.clone().into_table().map_err(|e| {
-        SettingsError::invalid(&key, e.to_string(), "make it a table with a `source` key")
-    })?;
-    let source = table
-        .get("source")
-        .map(|v| v.to_string())
-        .unwrap_or_default();
-    let bad = |e: config::ConfigError| {
-        SettingsError::invalid(
-            &key,
-            e.to_string(),
-            "correct the value or remove it to use the default",
-        )
-    };
-    match source.as_str() {
-        "mqtt" => Ok(Carrier::Mqtt(
-            value.try_deserialize::<MqttCarrier>().map_err(bad)?,
-        )),
-        "s3" => Ok(Carrier::S3(
-            value.try_deserialize::<S3Carrier>().map_err(bad)?,
-        )),
-        other => Err(SettingsError::invalid(
-            format!("{key}.source"),
-            format!("unknown carrier source {other:?}"),
-            "use \"mqtt\" or \"s3\"",
-        )),
+    let source_key = format!("{key}.source");
+    match m.get(&source_key).map(Value::to_string).as_deref() {
+        Some("mqtt") => m.section(&key).map(Carrier::Mqtt),
+        Some("s3") => m.section(&key).map(Carrier::S3),
+        Some(_) => Err(m.bad_value(&source_key, Some("\"mqtt\" or \"s3\""), None)),
+        None => Err(m.misnamed_entry(&key, "source").unwrap_or_else(|| {
+            SettingsError::invalid(
+                &source_key,
+                format!("is missing from [{key}]{}", m.origin(&key)),
+                "add source = \"mqtt\" or source = \"s3\"",
+            )
+        })),
     }
 }
 

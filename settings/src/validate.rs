@@ -1,11 +1,16 @@
 //! One pass over loaded settings that names each bad key and its fix.
 
+use std::path::Path;
+use std::time::Duration;
+
 use crate::{
-    Address, Carrier, Direction, HANDLE_NEW_FIRMWARE_MESSAGE, MqttCarrier, Settings,
-    SettingsError as E,
+    Address, Bucket, Carrier, Direction, HANDLE_NEW_FIRMWARE_MESSAGE, MqttCarrier, S3Carrier,
+    Settings, SettingsError as E,
 };
 
-const MQTT_SCHEMES: &[&str] = &["tcp://", "mqtt://", "ssl://", "mqtts://"];
+/// The URL schemes a broker is reached by (`mqtt://` and `mqtts://` go to
+/// paho-mqtt as `tcp://` and `ssl://`, see actors/src/mqtt.rs).
+const MQTT_SCHEMES: &[&str] = &["tcp", "mqtt", "ssl", "mqtts"];
 
 impl Settings {
     pub fn validate(&self) -> Result<(), E> {
@@ -109,6 +114,7 @@ impl Settings {
                 ));
             }
         }
+        self.validate_default_paths()?;
         if s.firmware.max_image_bytes == 0 {
             return Err(E::invalid(
                 "firmware.max_image_bytes",
@@ -202,82 +208,49 @@ impl Settings {
         Ok(())
     }
 
-    fn validate_carrier(&self, name: &str, c: &Carrier) -> Result<(), E> {
-        let key = format!("carriers.{name}");
-        match c {
-            Carrier::Mqtt(m) => {
-                if !MQTT_SCHEMES.iter().any(|p| m.url.starts_with(p)) || m.url.len() < 8 {
-                    return Err(E::invalid(
-                        format!("{key}.url"),
-                        format!("{:?} is not a broker URL", m.url),
-                        "use tcp://host:1883, or ssl://host:8883 for TLS",
-                    ));
-                }
-                if !(0..=2).contains(&m.qos) {
-                    return Err(E::invalid(
-                        format!("{key}.qos"),
-                        format!("{} is not a QoS", m.qos),
-                        "use 0, 1 or 2",
-                    ));
-                }
-                if !matches!(m.version, 3..=5) {
-                    return Err(E::invalid(
-                        format!("{key}.version"),
-                        format!("{} is not an MQTT version", m.version),
-                        "use 4 for MQTT 3.1.1 or 5 for MQTT 5",
-                    ));
-                }
-                if m.client_id.is_empty() {
-                    return Err(E::invalid(
-                        format!("{key}.client_id"),
-                        "is empty",
-                        "set a client id unique on the broker",
-                    ));
-                }
-                validate_mqtt_tls(&key, m)?;
-                if m.reconnect_min.is_zero() || m.reconnect_max < m.reconnect_min {
-                    return Err(E::invalid(
-                        format!("{key}.reconnect_min"),
-                        "reconnect_min must be positive and not above reconnect_max",
-                        "e.g. reconnect_min = \"1s\", reconnect_max = \"60s\"",
-                    ));
-                }
-            }
-            Carrier::S3(s) => {
-                if s.bucket.is_empty() || s.bucket == "file://" || s.bucket == "s3://" {
-                    return Err(E::invalid(
-                        format!("{key}.bucket"),
-                        "names no bucket",
-                        "use \"s3://my-firmware-bucket\" or \"file:///srv/firmware\"",
-                    ));
-                }
-                if !s.endpoint.is_empty()
-                    && !s.endpoint.starts_with("https://")
-                    && !s.endpoint.starts_with("http://")
-                {
-                    return Err(E::invalid(
-                        format!("{key}.endpoint"),
-                        format!("{:?} is not an http(s) URL", s.endpoint),
-                        "use https://host[:port], or leave it empty for AWS",
-                    ));
-                }
-                if s.endpoint.starts_with("http://") && !s.allow_http {
-                    return Err(E::invalid(
-                        format!("{key}.endpoint"),
-                        "is plain HTTP but allow_http is false",
-                        "use https://, or set allow_http = true for a local test store",
-                    ));
-                }
-                if s.prefix.split('/').any(|p| p == "..") {
-                    return Err(E::invalid(
-                        format!("{key}.prefix"),
-                        "contains `..`",
-                        "use a plain key prefix such as \"firmware/\"",
-                    ));
-                }
+    /// `images_dir` and `pointer_file` go into the path of every message
+    /// without `disk_path` or `config_path`; a part the confinement refuses
+    /// (empty, `.`, `..`) would fail each of those jobs.
+    fn validate_default_paths(&self) -> Result<(), E> {
+        let f = &self.firmware;
+        for (key, path, example) in [
+            ("firmware.images_dir", &f.images_dir, "firmware_images"),
+            (
+                "firmware.pointer_file",
+                &f.pointer_file,
+                "latest_firmware.json",
+            ),
+        ] {
+            let text = path.to_string_lossy();
+            let text = if key.ends_with("images_dir") {
+                text.trim_end_matches('/')
+            } else {
+                &text
+            };
+            let body = text.strip_prefix('/').unwrap_or(text);
+            if body
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
+            {
+                return Err(E::invalid(
+                    key,
+                    format!(
+                        "{:?} is not a usable path: it has an empty, `.` or `..` part",
+                        path.display().to_string()
+                    ),
+                    format!("name a path inside the first allowed root, e.g. \"{example}\""),
+                ));
             }
         }
         Ok(())
+    }
+
+    fn validate_carrier(&self, name: &str, c: &Carrier) -> Result<(), E> {
+        let key = format!("carriers.{name}");
+        match c {
+            Carrier::Mqtt(m) => validate_mqtt(&key, m),
+            Carrier::S3(s) => validate_s3(&key, s),
+        }
     }
 
     fn validate_address(&self, name: &str, a: &Address) -> Result<(), E> {
@@ -320,6 +293,164 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+fn validate_mqtt(key: &str, m: &MqttCarrier) -> Result<(), E> {
+    if let Err(problem) = broker_url(&m.url) {
+        return Err(E::invalid(
+            format!("{key}.url"),
+            format!("{:?} {problem}", m.url),
+            "use tcp://host:1883 or mqtt://host:1883, or ssl://host:8883 or mqtts://host:8883 for TLS",
+        ));
+    }
+    if !(0..=2).contains(&m.qos) {
+        return Err(E::invalid(
+            format!("{key}.qos"),
+            format!("{} is not a QoS", m.qos),
+            "use 0, 1 or 2",
+        ));
+    }
+    if !matches!(m.version, 3..=5) {
+        return Err(E::invalid(
+            format!("{key}.version"),
+            format!("{} is not an MQTT version", m.version),
+            "use 4 for MQTT 3.1.1 or 5 for MQTT 5",
+        ));
+    }
+    if m.keep_alive > Duration::from_secs(u16::MAX.into()) {
+        // MQTT carries the keep-alive in two bytes; more would wrap around.
+        return Err(E::invalid(
+            format!("{key}.keep_alive"),
+            format!("{:?} is above MQTT's limit of 65535s", m.keep_alive),
+            "use a duration such as \"30s\"",
+        ));
+    }
+    if m.client_id.is_empty() {
+        return Err(E::invalid(
+            format!("{key}.client_id"),
+            "is empty",
+            "set a client id unique on the broker",
+        ));
+    }
+    validate_mqtt_tls(key, m)?;
+    if m.reconnect_min.is_zero() || m.reconnect_max < m.reconnect_min {
+        return Err(E::invalid(
+            format!("{key}.reconnect_min"),
+            "reconnect_min must be positive and not above reconnect_max",
+            "e.g. reconnect_min = \"1s\", reconnect_max = \"60s\"",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_s3(key: &str, s: &S3Carrier) -> Result<(), E> {
+    if s.bucket.is_empty() || s.bucket == "file://" || s.bucket == "s3://" {
+        return Err(E::invalid(
+            format!("{key}.bucket"),
+            "names no bucket",
+            "use \"s3://my-firmware-bucket\" or \"file:///srv/firmware\"",
+        ));
+    }
+    if let Bucket::S3(bucket) = s.location(Path::new(""))
+        && bucket.contains(['/', ' '])
+    {
+        return Err(E::invalid(
+            format!("{key}.bucket"),
+            format!("{:?} is not a bucket name", s.bucket),
+            "name only the bucket, e.g. bucket = \"s3://scarecro-firmware\", and put a folder in it into prefix, e.g. prefix = \"data-gator/\"",
+        ));
+    }
+    if !s.endpoint.is_empty()
+        && !s.endpoint.starts_with("https://")
+        && !s.endpoint.starts_with("http://")
+    {
+        return Err(E::invalid(
+            format!("{key}.endpoint"),
+            format!("{:?} is not an http(s) URL", s.endpoint),
+            "use https://host[:port], or leave it empty for AWS",
+        ));
+    }
+    if let Some((_, rest)) = s.endpoint.split_once("://")
+        && let Err(problem) = host_port(rest.split('/').next().unwrap_or(rest))
+    {
+        return Err(E::invalid(
+            format!("{key}.endpoint"),
+            format!("{:?} {problem}", s.endpoint),
+            "use https://host[:port], or leave it empty for AWS",
+        ));
+    }
+    if s.endpoint.starts_with("http://") && !s.allow_http {
+        return Err(E::invalid(
+            format!("{key}.endpoint"),
+            "is plain HTTP but allow_http is false",
+            "use https://, or set allow_http = true for a local test store",
+        ));
+    }
+    if s.prefix.split('/').any(|p| p == "..") {
+        return Err(E::invalid(
+            format!("{key}.prefix"),
+            "contains `..`",
+            "use a plain key prefix such as \"firmware/\"",
+        ));
+    }
+    for (field, d) in [
+        ("connect_timeout", s.connect_timeout),
+        ("timeout", s.timeout),
+    ] {
+        if d.is_zero() {
+            return Err(E::invalid(
+                format!("{key}.{field}"),
+                "is 0, so every request would time out at once",
+                "use a duration such as \"30s\"",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why paho-mqtt cannot connect to `url`, if it cannot.
+fn broker_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("is not a broker URL".into());
+    };
+    if !MQTT_SCHEMES.contains(&scheme) {
+        return Err(format!(
+            "has scheme {scheme}://, which is not tcp, mqtt, ssl or mqtts"
+        ));
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err("has a path; a broker URL ends after the port".into());
+    }
+    host_port(authority)
+}
+
+/// Why `authority` (`host`, `host:port`, `[v6]:port`) is no place to
+/// connect to, if it is not.
+fn host_port(authority: &str) -> Result<(), String> {
+    if authority.contains('@') {
+        return Err("holds a user name or password, which belong in their own keys".into());
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, rest)) => (host, Some(rest.strip_prefix(':').unwrap_or(rest))),
+            None => return Err("has an unclosed `[`".into()),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err("names no host".into());
+    }
+    match port {
+        Some(p) if !matches!(p.parse::<u16>(), Ok(1..)) => Err(format!(
+            "has port {p:?}, and a port is a number from 1 to 65535"
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) use report::is_secret;
 pub use report::{Report, Skipped, Used};
 
 use crate::load::{ENV_SETTINGS_FILE, Env, load_layers};
@@ -164,6 +165,11 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
+    /// How values from this layer name their origin.
+    pub(crate) fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// The embedded defaults without the tables the folder replaces.
     pub(crate) fn defaults(&self) -> String {
         let mut table = default_table();

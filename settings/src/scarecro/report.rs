@@ -40,7 +40,7 @@ pub struct Report {
 }
 
 /// Keys whose values are credentials: their values never leave the report.
-fn is_secret(key: &str) -> bool {
+pub(crate) fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     [
         "password",

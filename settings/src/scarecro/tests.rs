@@ -384,3 +384,43 @@ fn receive_and_send_on_different_mqtt_carriers_keep_one_connection() {
         "{text}"
     );
 }
+
+#[test]
+fn foreign_keys_a_folder_brings_are_listed_as_ignored_not_refused() {
+    let (_d, c) = copy();
+    write(
+        &c,
+        "carriers/s3_firmware_ota.json",
+        json!({"source": "s3", "bucket_name": "b", "system_id": "gw", "upload_retries": 3, "jobs": {"attemps": 1}}),
+    );
+    let loaded = load_dir(&c).unwrap();
+    let notes = loaded.scarecro.unwrap().notes;
+    let s3 = notes
+        .iter()
+        .find(|n| n.starts_with("carriers/s3_firmware_ota.json: gator-ota ignores "))
+        .unwrap_or_else(|| panic!("{notes:?}"));
+    assert!(s3.contains("upload_retries") && s3.contains("jobs"), "{s3}");
+    let notes = notes.join("\n");
+    assert!(
+        notes.contains("carriers/cloud_mqtt.json: gator-ota ignores monitor_connection"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn the_layers_above_a_folder_are_still_checked_for_unknown_keys() {
+    let err = load_all_with_env(
+        None,
+        Some(Path::new(EXAMPLE)),
+        &env(&[("GATOR_OTA__CARRIERS__CLOUD_MQTT__QOSS", "2")]),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("settings key `carriers.cloud_mqtt.qoss`")
+            && text.contains(
+                "did you mean `carriers.cloud_mqtt.qos` (GATOR_OTA__CARRIERS__CLOUD_MQTT__QOS)?"
+            ),
+        "{text}"
+    );
+}
