@@ -176,7 +176,7 @@ impl Gateway {
 
     /// Starts the gateway without waiting for anything.
     pub fn spawn(env: Vec<(String, String)>) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gator-ota"));
+        let mut cmd = wrapped(env!("CARGO_BIN_EXE_gator-ota"));
         cmd.arg("run")
             .env_remove("GATOR_OTA_SETTINGS")
             .env("GATOR_OTA_LOG", "info")
@@ -312,6 +312,21 @@ impl Drop for Gateway {
         let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// The gateway's command, under `GATOR_OTA_TEST_WRAPPER` when it is set
+/// (e.g. `valgrind --error-exitcode=99`), for the soak's memory checks.
+fn wrapped(binary: &str) -> Command {
+    let wrapper = std::env::var("GATOR_OTA_TEST_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut cmd = Command::new(program);
+            cmd.args(words).arg(binary);
+            cmd
+        }
+        None => Command::new(binary),
     }
 }
 
