@@ -33,7 +33,7 @@ use crate::signature::{Keyring, parse_signature};
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
 use crate::writer::{
-    Append, Appended, Commit, Hashes, Remove, WriteError, free_space, staging_path,
+    Append, Appended, Commit, Hashes, Remove, WriteError, free_space, open_staged, staging_path,
 };
 
 /// How jobs run; from `[jobs]` and the carrier's settings.
@@ -542,11 +542,22 @@ impl Runner {
         }
         let signature = parse_signature(&raw).map_err(|e| invalid(e.to_string()))?;
         let keyring = p.keyring.clone();
-        let staged = staging_path(&job.disk_path);
-        tokio::task::spawn_blocking(move || keyring.verify_file(&staged, &signature))
-            .await
-            .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?
-            .map_err(|e| invalid(e.to_string()))?;
+        let image = job.disk_path.clone();
+        tokio::task::spawn_blocking(move || {
+            // Through the folder handle, never following a link: the bytes
+            // checked are the staged ones.
+            let staged = open_staged(&image).map_err(|e| {
+                Failure::new(
+                    Reason::Io,
+                    format!("cannot read the staged image to check its signature: {e}"),
+                )
+            })?;
+            keyring
+                .verify_open(&staged, &signature)
+                .map_err(|e| invalid(e.to_string()))
+        })
+        .await
+        .map_err(|e| Failure::new(Reason::Internal, e.to_string()))??;
         info!("signature verified");
         Ok(())
     }
@@ -574,9 +585,7 @@ impl Runner {
     async fn discard(&self, job: &FirmwareJob) {
         let _ = self
             .remove
-            .send(Remove {
-                paths: vec![staging_path(&job.disk_path)],
-            })
+            .send(Remove::Staging(job.disk_path.clone()))
             .await;
     }
 
@@ -603,7 +612,7 @@ impl Runner {
         if old.is_empty() {
             return;
         }
-        let _ = self.remove.send(Remove { paths: old.clone() }).await;
+        let _ = self.remove.send(Remove::Images(old.clone())).await;
         if let Err(e) = self.journal.forget_installed(&old).await {
             warn!(error = %e, "cannot update the index of installed images");
         }
