@@ -27,7 +27,7 @@ use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::firmware::FirmwareJob;
-use crate::journal::{InstalledImage, JobRecord, JobState, Journal};
+use crate::journal::{InstalledImage, JobRecord, JobState, Journal, PointerRecord};
 use crate::messages::{ByteStream, Publish, TransferError};
 use crate::signature::{Keyring, parse_signature};
 use crate::status::{Reason, State, StatusSink};
@@ -235,6 +235,17 @@ impl Runner {
         };
         match self.commit.send(commit).await {
             Ok(Ok(())) => {
+                let named = PointerRecord {
+                    file_name: job.file_name.clone(),
+                    disk_path: job.disk_path.full(),
+                };
+                if let Err(e) = self
+                    .journal
+                    .record_pointer(job.config_path.full(), named)
+                    .await
+                {
+                    warn!(error = %e, "cannot update the index of installed images");
+                }
                 self.status
                     .send(&job.msg_id, &job.file_name, State::Installed, None, None);
                 Ok(())
@@ -591,13 +602,16 @@ impl Runner {
 
     /// Keeps the newest `keep_images` images we installed in this folder;
     /// the one just installed (which the pointer names) always stays, and so
-    /// does any image a queued or running job holds.
+    /// does any image a pointer gator-ota wrote names (pointers of other
+    /// jobs may share the folder) and any image a queued or running job
+    /// holds.
     async fn prune(&self, job: &FirmwareJob) {
         let disk_path = job.disk_path.full();
         let Some(dir) = disk_path.parent() else {
             return;
         };
         let installed = self.journal.installed_in(dir).await;
+        let named = self.journal.named_by_pointers().await;
         // An image another job is about to use or re-point to is not old.
         let busy: Vec<PathBuf> = {
             let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -605,7 +619,12 @@ impl Runner {
         };
         let old: Vec<PathBuf> = installed
             .into_iter()
-            .filter(|(p, i)| *p != disk_path && i.file_name != job.file_name && !busy.contains(p))
+            .filter(|(p, i)| {
+                *p != disk_path
+                    && i.file_name != job.file_name
+                    && !busy.contains(p)
+                    && !named.contains(p)
+            })
             .skip(self.policy.keep_images.saturating_sub(1))
             .map(|(p, _)| p)
             .collect();
