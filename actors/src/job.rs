@@ -180,6 +180,15 @@ impl Runner {
                 format!("cloud_path is not a valid object key: {e}"),
             )
         })?;
+        // Under the job's locks: every job that could give either path the
+        // other role holds one of them, so the answer stands until commit.
+        if let Some(conflict) = self
+            .journal
+            .role_conflict(&job.disk_path.full(), &job.config_path.full())
+            .await
+        {
+            return Err(Failure::new(Reason::InvalidMessage, conflict));
+        }
         if self.already_installed(job, &key).await? {
             info!("this image is already installed; not downloading it again");
             self.commit(job, false).await?;
