@@ -33,7 +33,8 @@ use crate::signature::{Keyring, parse_signature};
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
 use crate::writer::{
-    Append, Appended, Commit, Hashes, Remove, WriteError, free_space, open_staged, staging_path,
+    Append, Appended, Commit, Hashes, Remove, WriteError, free_space, hash_installed, open_staged,
+    staging_path,
 };
 
 /// How jobs run; from `[jobs]` and the carrier's settings.
@@ -264,8 +265,8 @@ impl Runner {
         }
     }
 
-    /// True when `disk_path` holds this very image, installed by us and
-    /// still the same object in the bucket.
+    /// True when `disk_path` holds this very image, installed by us, still
+    /// the same object in the bucket, and still the same bytes on disk.
     async fn already_installed(
         &self,
         job: &FirmwareJob,
@@ -275,27 +276,68 @@ impl Runner {
         let Some(done) = self.journal.installed(&disk_path).await else {
             return Ok(false);
         };
-        let on_disk = tokio::fs::metadata(&disk_path).await.map(|m| m.len()).ok();
         let claims_match = done.cloud_path == job.cloud_path
             && done.file_name == job.file_name
-            && on_disk == Some(done.bytes)
             && job.expect.size.is_none_or(|s| s == done.bytes)
             && job.expect.sha256.as_ref().is_none_or(|h| *h == done.sha256)
             && job.expect.md5.as_ref().is_none_or(|h| *h == done.md5);
         if !claims_match {
             return Ok(false);
         }
-        if job.expect.sha256.is_some() || job.expect.md5.is_some() {
-            return Ok(true);
+        if job.expect.sha256.is_none() && job.expect.md5.is_none() {
+            // Without a checksum in the message, the bucket's ETag tells
+            // whether the object changed since.
+            let meta = self
+                .store
+                .head(key)
+                .await
+                .map_err(|e| fetch_failure(&job.cloud_path, e))?;
+            if meta.e_tag.is_none() || meta.e_tag != done.etag {
+                return Ok(false);
+            }
         }
-        // Without a checksum in the message, the bucket's ETag tells whether
-        // the object changed since.
-        let meta = self
-            .store
-            .head(key)
+        self.still_intact(job, &done).await
+    }
+
+    /// Hashes the installed image again before it is confirmed again: SD
+    /// cards rot, and a same-size corruption passes any size check. Always,
+    /// with or without a checksum in the message (then against the index):
+    /// one sequential read, cheap beside a download, and a confirm_receipt
+    /// must mean the right bytes are there. A mismatch forgets the image, so
+    /// it is downloaded again.
+    async fn still_intact(
+        &self,
+        job: &FirmwareJob,
+        done: &InstalledImage,
+    ) -> Result<bool, Failure> {
+        let image = job.disk_path.clone();
+        let on_disk = tokio::task::spawn_blocking(move || hash_installed(&image))
             .await
-            .map_err(|e| fetch_failure(&job.cloud_path, e))?;
-        Ok(meta.e_tag.is_some() && meta.e_tag == done.etag)
+            .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?;
+        let (bytes, sha256, md5) = match on_disk {
+            Ok(found) => found,
+            Err(e) => {
+                info!(error = %e, "the installed image cannot be read; downloading it again");
+                return Ok(false);
+            }
+        };
+        let want_sha256 = job.expect.sha256.as_ref().unwrap_or(&done.sha256);
+        let intact = bytes == done.bytes
+            && sha256 == *want_sha256
+            && job.expect.md5.as_ref().is_none_or(|h| *h == md5);
+        if !intact {
+            warn!(bytes, %sha256, expected_bytes = done.bytes, expected_sha256 = %want_sha256,
+                "the installed image no longer matches its checksum (corrupted on disk?); downloading it again");
+            let disk_path = job.disk_path.full();
+            if let Err(e) = self
+                .journal
+                .forget_installed(std::slice::from_ref(&disk_path))
+                .await
+            {
+                warn!(error = %e, "cannot update the index of installed images");
+            }
+        }
+        Ok(intact)
     }
 
     /// Stages the whole object, retrying and resuming as the policy allows.
