@@ -300,6 +300,44 @@ fn exchange(dir: &std::fs::File, a: &str, b: &str) {
         .unwrap_or_else(|e| panic!("exchanging {a} and {b}: {e}"));
 }
 
+/// Exchanges `firmware_images` and `swap` in a folder, over and over, until
+/// stopped; it always stops with both back in place.
+struct Swapper {
+    stop: Arc<AtomicBool>,
+    swaps: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Swapper {
+    fn start(dir: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let swaps = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), swaps.clone());
+        let dir = std::fs::File::open(dir).unwrap();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                exchange(&dir, "firmware_images", "swap");
+                std::thread::sleep(Duration::from_micros(300));
+                exchange(&dir, "firmware_images", "swap");
+                count.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        });
+        Self {
+            stop,
+            swaps,
+            thread,
+        }
+    }
+
+    /// Stops and returns how many times the link stood in for the folder.
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.swaps.load(Ordering::Relaxed)
+    }
+}
+
 #[test]
 fn a_folder_swapped_for_a_link_in_a_loop_never_leads_a_write_outside() {
     const JOBS: usize = 40;
@@ -321,21 +359,7 @@ fn a_folder_swapped_for_a_link_in_a_loop_never_leads_a_write_outside() {
     std::os::unix::fs::symlink(&outside, data.join("swap")).unwrap();
 
     // `firmware_images` is the real folder and a link to `outside` in turn.
-    let stop = Arc::new(AtomicBool::new(false));
-    let swaps = Arc::new(AtomicUsize::new(0));
-    let swapper = {
-        let (stop, swaps) = (stop.clone(), swaps.clone());
-        let root = std::fs::File::open(&data).unwrap();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                exchange(&root, "firmware_images", "swap");
-                std::thread::sleep(Duration::from_micros(300));
-                exchange(&root, "firmware_images", "swap");
-                swaps.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_micros(300));
-            }
-        })
-    };
+    let swapper = Swapper::start(&data);
     let message = |i: usize, id: &str| {
         let mut msg = firmware_image(id, &format!("img{i}"), &format!("fw/img{i}.bin"));
         msg["disk_path"] = json!(format!("firmware_images/img{i}.bin"));
@@ -348,10 +372,8 @@ fn a_folder_swapped_for_a_link_in_a_loop_never_leads_a_write_outside() {
         world.publish_json(&message(i, id));
     }
     let done = terminal_statuses(&statuses, &ids, Duration::from_secs(60));
-    stop.store(true, Ordering::Relaxed);
-    swapper.join().unwrap();
+    let swaps = swapper.stop();
     assert!(data.join("swap").is_symlink(), "the swapper left the link");
-    assert!(swaps.load(Ordering::Relaxed) > 0);
 
     assert_eq!(
         files_under(&outside),
@@ -379,7 +401,7 @@ fn a_folder_swapped_for_a_link_in_a_loop_never_leads_a_write_outside() {
         "{} of {JOBS} jobs installed, {} failed cleanly, over {} swaps",
         JOBS - failed.len(),
         failed.len(),
-        swaps.load(Ordering::Relaxed)
+        swaps
     );
 
     // With the folder left alone, the failed ones go through.
