@@ -30,6 +30,10 @@ pub enum InvalidMessage {
     OutsidePrefix { path: String, prefix: String },
     #[error("field `{field}` must be {digits} hexadecimal digits")]
     BadChecksum { field: &'static str, digits: usize },
+    #[error(
+        "config_path {0:?} is the same file as disk_path; a path is an image or a pointer, never both"
+    )]
+    SameFile(String),
     #[error(transparent)]
     Path(#[from] PathError),
 }
@@ -95,10 +99,9 @@ impl FirmwareJob {
             None => confinement.resolve("config_path", &defaults.pointer_file)?,
         };
         if disk_path == config_path {
-            return Err(InvalidMessage::Path(PathError::BadSegment {
-                field: "config_path",
-                path: "the same file as disk_path".into(),
-            }));
+            return Err(InvalidMessage::SameFile(
+                config_path.full().display().to_string(),
+            ));
         }
         let confirm_receipt = match obj.get("confirm_receipt") {
             None | Some(Value::Null) => true,
@@ -276,6 +279,10 @@ mod tests {
             (
                 json!({"file_name": "a", "cloud_path": "x/../y"}),
                 InvalidMessage::BadCloudPath("x/../y".into()),
+            ),
+            (
+                json!({"file_name": "a", "cloud_path": "a", "disk_path": "x/p.json", "config_path": "x/p.json"}),
+                InvalidMessage::SameFile(c.home().join("x/p.json").display().to_string()),
             ),
         ];
         for (content, want) in cases {

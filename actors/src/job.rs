@@ -27,13 +27,14 @@ use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::firmware::FirmwareJob;
-use crate::journal::{InstalledImage, JobRecord, JobState, Journal};
+use crate::journal::{InstalledImage, JobRecord, JobState, Journal, PointerRecord};
 use crate::messages::{ByteStream, Publish, TransferError};
 use crate::signature::{Keyring, parse_signature};
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
 use crate::writer::{
-    Append, Appended, Commit, Hashes, Remove, WriteError, free_space, staging_path,
+    Append, Appended, Commit, Hashes, Remove, WriteError, free_space, hash_installed, open_staged,
+    staging_path,
 };
 
 /// How jobs run; from `[jobs]` and the carrier's settings.
@@ -196,6 +197,15 @@ impl Runner {
                 format!("cloud_path is not a valid object key: {e}"),
             )
         })?;
+        // Under the job's locks: every job that could give either path the
+        // other role holds one of them, so the answer stands until commit.
+        if let Some(conflict) = self
+            .journal
+            .role_conflict(&job.disk_path.full(), &job.config_path.full())
+            .await
+        {
+            return Err(Failure::new(Reason::InvalidMessage, conflict));
+        }
         if self.already_installed(job, &key).await? {
             info!("this image is already installed; not downloading it again");
             self.commit(job, false).await?;
@@ -251,6 +261,17 @@ impl Runner {
         };
         match self.commit.send(commit).await {
             Ok(Ok(())) => {
+                let named = PointerRecord {
+                    file_name: job.file_name.clone(),
+                    disk_path: job.disk_path.full(),
+                };
+                if let Err(e) = self
+                    .journal
+                    .record_pointer(job.config_path.full(), named)
+                    .await
+                {
+                    warn!(error = %e, "cannot update the index of installed images");
+                }
                 self.status
                     .terminal(&job.msg_id, &job.file_name, State::Installed, None)
                     .await;
@@ -261,8 +282,8 @@ impl Runner {
         }
     }
 
-    /// True when `disk_path` holds this very image, installed by us and
-    /// still the same object in the bucket.
+    /// True when `disk_path` holds this very image, installed by us, still
+    /// the same object in the bucket, and still the same bytes on disk.
     async fn already_installed(
         &self,
         job: &FirmwareJob,
@@ -272,27 +293,68 @@ impl Runner {
         let Some(done) = self.journal.installed(&disk_path).await else {
             return Ok(false);
         };
-        let on_disk = tokio::fs::metadata(&disk_path).await.map(|m| m.len()).ok();
         let claims_match = done.cloud_path == job.cloud_path
             && done.file_name == job.file_name
-            && on_disk == Some(done.bytes)
             && job.expect.size.is_none_or(|s| s == done.bytes)
             && job.expect.sha256.as_ref().is_none_or(|h| *h == done.sha256)
             && job.expect.md5.as_ref().is_none_or(|h| *h == done.md5);
         if !claims_match {
             return Ok(false);
         }
-        if job.expect.sha256.is_some() || job.expect.md5.is_some() {
-            return Ok(true);
+        if job.expect.sha256.is_none() && job.expect.md5.is_none() {
+            // Without a checksum in the message, the bucket's ETag tells
+            // whether the object changed since.
+            let meta = self
+                .store
+                .head(key)
+                .await
+                .map_err(|e| fetch_failure(&job.cloud_path, e))?;
+            if meta.e_tag.is_none() || meta.e_tag != done.etag {
+                return Ok(false);
+            }
         }
-        // Without a checksum in the message, the bucket's ETag tells whether
-        // the object changed since.
-        let meta = self
-            .store
-            .head(key)
+        self.still_intact(job, &done).await
+    }
+
+    /// Hashes the installed image again before it is confirmed again: SD
+    /// cards rot, and a same-size corruption passes any size check. Always,
+    /// with or without a checksum in the message (then against the index):
+    /// one sequential read, cheap beside a download, and a confirm_receipt
+    /// must mean the right bytes are there. A mismatch forgets the image, so
+    /// it is downloaded again.
+    async fn still_intact(
+        &self,
+        job: &FirmwareJob,
+        done: &InstalledImage,
+    ) -> Result<bool, Failure> {
+        let image = job.disk_path.clone();
+        let on_disk = tokio::task::spawn_blocking(move || hash_installed(&image))
             .await
-            .map_err(|e| fetch_failure(&job.cloud_path, e))?;
-        Ok(meta.e_tag.is_some() && meta.e_tag == done.etag)
+            .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?;
+        let (bytes, sha256, md5) = match on_disk {
+            Ok(found) => found,
+            Err(e) => {
+                info!(error = %e, "the installed image cannot be read; downloading it again");
+                return Ok(false);
+            }
+        };
+        let want_sha256 = job.expect.sha256.as_ref().unwrap_or(&done.sha256);
+        let intact = bytes == done.bytes
+            && sha256 == *want_sha256
+            && job.expect.md5.as_ref().is_none_or(|h| *h == md5);
+        if !intact {
+            warn!(bytes, %sha256, expected_bytes = done.bytes, expected_sha256 = %want_sha256,
+                "the installed image no longer matches its checksum (corrupted on disk?); downloading it again");
+            let disk_path = job.disk_path.full();
+            if let Err(e) = self
+                .journal
+                .forget_installed(std::slice::from_ref(&disk_path))
+                .await
+            {
+                warn!(error = %e, "cannot update the index of installed images");
+            }
+        }
+        Ok(intact)
     }
 
     /// Stages the whole object, retrying and resuming as the policy allows.
@@ -559,11 +621,22 @@ impl Runner {
         }
         let signature = parse_signature(&raw).map_err(|e| invalid(e.to_string()))?;
         let keyring = p.keyring.clone();
-        let staged = staging_path(&job.disk_path);
-        tokio::task::spawn_blocking(move || keyring.verify_file(&staged, &signature))
-            .await
-            .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?
-            .map_err(|e| invalid(e.to_string()))?;
+        let image = job.disk_path.clone();
+        tokio::task::spawn_blocking(move || {
+            // Through the folder handle, never following a link: the bytes
+            // checked are the staged ones.
+            let staged = open_staged(&image).map_err(|e| {
+                Failure::new(
+                    Reason::Io,
+                    format!("cannot read the staged image to check its signature: {e}"),
+                )
+            })?;
+            keyring
+                .verify_open(&staged, &signature)
+                .map_err(|e| invalid(e.to_string()))
+        })
+        .await
+        .map_err(|e| Failure::new(Reason::Internal, e.to_string()))??;
         info!("signature verified");
         Ok(())
     }
@@ -591,21 +664,22 @@ impl Runner {
     async fn discard(&self, job: &FirmwareJob) {
         let _ = self
             .remove
-            .send(Remove {
-                paths: vec![staging_path(&job.disk_path)],
-            })
+            .send(Remove::Staging(job.disk_path.clone()))
             .await;
     }
 
     /// Keeps the newest `keep_images` images we installed in this folder;
     /// the one just installed (which the pointer names) always stays, and so
-    /// does any image a queued or running job holds.
+    /// does any image a pointer gator-ota wrote names (pointers of other
+    /// jobs may share the folder) and any image a queued or running job
+    /// holds.
     async fn prune(&self, job: &FirmwareJob) {
         let disk_path = job.disk_path.full();
         let Some(dir) = disk_path.parent() else {
             return;
         };
         let installed = self.journal.installed_in(dir).await;
+        let named = self.journal.named_by_pointers().await;
         // An image another job is about to use or re-point to is not old.
         let busy: Vec<PathBuf> = {
             let locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -613,14 +687,19 @@ impl Runner {
         };
         let old: Vec<PathBuf> = installed
             .into_iter()
-            .filter(|(p, i)| *p != disk_path && i.file_name != job.file_name && !busy.contains(p))
+            .filter(|(p, i)| {
+                *p != disk_path
+                    && i.file_name != job.file_name
+                    && !busy.contains(p)
+                    && !named.contains(p)
+            })
             .skip(self.policy.keep_images.saturating_sub(1))
             .map(|(p, _)| p)
             .collect();
         if old.is_empty() {
             return;
         }
-        let _ = self.remove.send(Remove { paths: old.clone() }).await;
+        let _ = self.remove.send(Remove::Images(old.clone())).await;
         if let Err(e) = self.journal.forget_installed(&old).await {
             warn!(error = %e, "cannot update the index of installed images");
         }

@@ -4,11 +4,13 @@
 //! work starts and removed only when the job has ended (installed and
 //! confirmed, or failed), so a process killed at any moment finds its
 //! unfinished jobs on the next start. `<state>/installed.json` remembers
-//! what was installed where: it makes a repeated message cheap (no second
-//! download) and bounds retention to images gator-ota itself put there.
+//! what was installed where, and which pointer names which image: it makes a
+//! repeated message cheap (no second download), bounds retention to images
+//! gator-ota itself put there and never lets it take one a pointer names,
+//! and keeps a path either an image or a pointer, never both.
 //! Every write is atomic (temporary file, fsync, rename, folder fsync).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,13 +60,40 @@ pub struct InstalledImage {
     pub seq: u64,
 }
 
+/// A pointer gator-ota wrote: what it says and the image that is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointerRecord {
+    pub file_name: String,
+    pub disk_path: PathBuf,
+}
+
+/// `installed.json`. The first format was the bare `images` map, without
+/// pointers; it still loads (as [`IndexFile::Images`]).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    /// disk_path → image.
+    images: BTreeMap<PathBuf, InstalledImage>,
+    /// config_path → what it names.
+    #[serde(default)]
+    pointers: BTreeMap<PathBuf, PointerRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IndexFile {
+    /// `images` is required, so an old file (whose keys are absolute paths)
+    /// never reads as an empty new one.
+    Current(Index),
+    Images(BTreeMap<PathBuf, InstalledImage>),
+}
+
 pub struct Journal {
     jobs_dir: PathBuf,
     index_path: PathBuf,
     next_seq: AtomicU64,
-    /// disk_path → image. A tokio mutex: it is held across the file write so
-    /// two jobs cannot interleave their updates.
-    index: tokio::sync::Mutex<BTreeMap<PathBuf, InstalledImage>>,
+    /// A tokio mutex: it is held across the file write so two jobs cannot
+    /// interleave their updates.
+    index: tokio::sync::Mutex<Index>,
 }
 
 impl Journal {
@@ -92,18 +121,25 @@ impl Journal {
         }
         pending.sort_by_key(|r| r.seq);
         let index_path = state_dir.join("installed.json");
-        let index: BTreeMap<PathBuf, InstalledImage> = match std::fs::read(&index_path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                warn!(path = %index_path.display(), error = %e, "unreadable index of installed images; starting a new one");
-                BTreeMap::new()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+        let index = match std::fs::read(&index_path) {
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(IndexFile::Current(index)) => index,
+                Ok(IndexFile::Images(images)) => Index {
+                    images,
+                    pointers: BTreeMap::new(),
+                },
+                Err(e) => {
+                    warn!(path = %index_path.display(), error = %e, "unreadable index of installed images; starting a new one");
+                    Index::default()
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(e),
         };
         let last = pending
             .iter()
             .map(|r| r.seq)
-            .chain(index.values().map(|i| i.seq))
+            .chain(index.images.values().map(|i| i.seq))
             .max()
             .unwrap_or(0);
         Ok((
@@ -148,13 +184,14 @@ impl Journal {
     }
 
     pub async fn installed(&self, disk_path: &Path) -> Option<InstalledImage> {
-        self.index.lock().await.get(disk_path).cloned()
+        self.index.lock().await.images.get(disk_path).cloned()
     }
 
     /// Images installed in `dir`, newest first.
     pub async fn installed_in(&self, dir: &Path) -> Vec<(PathBuf, InstalledImage)> {
         let index = self.index.lock().await;
         let mut found: Vec<_> = index
+            .images
             .iter()
             .filter(|(p, _)| p.parent() == Some(dir))
             .map(|(p, i)| (p.clone(), i.clone()))
@@ -169,19 +206,66 @@ impl Journal {
         image: InstalledImage,
     ) -> io::Result<()> {
         let mut index = self.index.lock().await;
-        index.insert(disk_path, image);
+        index.images.insert(disk_path, image);
         self.write_index(&index).await
     }
 
     pub async fn forget_installed(&self, paths: &[PathBuf]) -> io::Result<()> {
         let mut index = self.index.lock().await;
         for p in paths {
-            index.remove(p);
+            index.images.remove(p);
         }
         self.write_index(&index).await
     }
 
-    async fn write_index(&self, index: &BTreeMap<PathBuf, InstalledImage>) -> io::Result<()> {
+    /// Remembers that the pointer at `config_path` now names `pointer`.
+    pub async fn record_pointer(
+        &self,
+        config_path: PathBuf,
+        pointer: PointerRecord,
+    ) -> io::Result<()> {
+        let mut index = self.index.lock().await;
+        if index.pointers.get(&config_path) == Some(&pointer) {
+            return Ok(());
+        }
+        index.pointers.insert(config_path, pointer);
+        self.write_index(&index).await
+    }
+
+    /// Paths retention must leave alone: every pointer gator-ota wrote, and
+    /// every image one of them names.
+    pub async fn named_by_pointers(&self) -> HashSet<PathBuf> {
+        let index = self.index.lock().await;
+        index
+            .pointers
+            .iter()
+            .flat_map(|(pointer, named)| [pointer.clone(), named.disk_path.clone()])
+            .collect()
+    }
+
+    /// Why a job may not write an image at `disk_path` and a pointer at
+    /// `config_path`, if it may not: a path is an image or a pointer, never
+    /// both, so neither may be one gator-ota wrote in the other role.
+    pub async fn role_conflict(&self, disk_path: &Path, config_path: &Path) -> Option<String> {
+        let index = self.index.lock().await;
+        if let Some(pointer) = index.pointers.get(disk_path) {
+            return Some(format!(
+                "disk_path {} is a pointer file gator-ota wrote (naming {:?}); a path is an image or a pointer, never both",
+                disk_path.display(),
+                pointer.file_name
+            ));
+        }
+        if let Some(image) = index.images.get(config_path) {
+            return Some(format!(
+                "config_path {} is an installed image ({:?}); a path is an image or a pointer, never both",
+                config_path.display(),
+                image.file_name
+            ));
+        }
+        None
+    }
+
+    async fn write_index(&self, index: &Index) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(index).map_err(io::Error::other)?;
         let path = self.index_path.clone();
         blocking(move || write_atomic(&path, &bytes)).await
@@ -240,5 +324,68 @@ mod tests {
         assert_eq!(j.next_seq(), 10);
         assert_eq!(j.installed(&dir.path().join("a.bin")).await, Some(image));
         assert!(dir.path().join("jobs/garbage.corrupt").exists());
+    }
+
+    fn image(name: &str, seq: u64) -> InstalledImage {
+        InstalledImage {
+            file_name: name.into(),
+            cloud_path: format!("fw/{name}"),
+            bytes: 1,
+            sha256: "x".into(),
+            md5: "y".into(),
+            etag: None,
+            seq,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn pointers_are_remembered_and_keep_their_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let (a, p) = (dir.path().join("img/a.bin"), dir.path().join("p.json"));
+        j.record_installed(a.clone(), image("a", 1)).await.unwrap();
+        let named = PointerRecord {
+            file_name: "a".into(),
+            disk_path: a.clone(),
+        };
+        j.record_pointer(p.clone(), named.clone()).await.unwrap();
+        drop(j);
+
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.named_by_pointers().await,
+            HashSet::from([a.clone(), p.clone()])
+        );
+        let conflict = j.role_conflict(&p, &dir.path().join("q.json")).await;
+        assert!(conflict.unwrap().starts_with("disk_path"));
+        let conflict = j.role_conflict(&dir.path().join("b.bin"), &a).await;
+        assert!(conflict.unwrap().starts_with("config_path"));
+        assert_eq!(
+            j.role_conflict(&dir.path().join("b.bin"), &dir.path().join("q.json"))
+                .await,
+            None
+        );
+    }
+
+    /// The index was once the bare map of images; such a file still loads.
+    #[actix_rt::test]
+    async fn an_index_in_the_first_format_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("img/a.bin");
+        let old = BTreeMap::from([(a.clone(), image("a", 7))]);
+        std::fs::write(
+            dir.path().join("installed.json"),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.installed(&a).await, Some(image("a", 7)));
+        assert_eq!(j.next_seq(), 8);
+        assert!(j.named_by_pointers().await.is_empty());
+        // Rewritten in the current format, which loads too.
+        j.forget_installed(&[]).await.unwrap();
+        drop(j);
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.installed(&a).await, Some(image("a", 7)));
     }
 }

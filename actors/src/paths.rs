@@ -2,14 +2,23 @@
 //!
 //! Anyone who can publish to the broker chooses `disk_path`, `config_path`
 //! and `file_name`, so none of them is trusted. A path is accepted only when
-//! it lies lexically inside an allowed root, and it is written only through
-//! [`ConfinedPath::prepare_parent`], which refuses any symbolic link between
-//! the root and the file. The file itself is always created as a fresh
-//! temporary and renamed into place, and a rename replaces a link at the
-//! final name instead of following it.
+//! it lies lexically inside an allowed root (which gives a clear error naming
+//! the field), and it is written only through a [`DirHandle`] from
+//! [`ConfinedPath::open_parent`]: the folders between the root and the file
+//! are opened one by one, each relative to the last and never through a
+//! symbolic link, so a link swapped in after the check cannot redirect a
+//! write. The file itself is always created exclusively under a temporary
+//! name and renamed into place within that handle, and a rename replaces a
+//! link at the final name instead of following it.
 
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 /// Longest name of one path component, as on ext4.
 const MAX_COMPONENT: usize = 255;
@@ -204,50 +213,212 @@ impl ConfinedPath {
     /// refusing any that is a symbolic link or not a folder, so a link
     /// planted inside the root cannot lead a write outside it. Blocking.
     pub fn prepare_parent(&self) -> io::Result<PathBuf> {
-        let mut dir = self.root.clone();
-        let parents: Vec<_> = self
+        self.open_parent(true).map(|dir| dir.path().to_path_buf())
+    }
+
+    /// Opens the folder that holds the file, from the root down, each folder
+    /// relative to the one before and never through a symbolic link. Every
+    /// write goes through the handle this returns, so a link swapped in for a
+    /// folder after this call cannot redirect it. With `create`, missing
+    /// folders are made and a folder at the file's own name is refused (the
+    /// file is about to be written). Blocking.
+    pub fn open_parent(&self, create: bool) -> io::Result<DirHandle> {
+        let parents: Vec<&OsStr> = self
             .relative
             .parent()
-            .map(|p| p.components().collect())
+            .map(|p| p.iter().collect())
             .unwrap_or_default();
-        for component in parents {
-            dir.push(component);
-            match std::fs::symlink_metadata(&dir) {
-                Ok(meta) if meta.file_type().is_dir() => {}
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!(
-                            "{} is a symbolic link; refusing to follow it",
-                            dir.display()
-                        ),
-                    ));
-                }
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotADirectory,
-                        format!("{} is not a folder", dir.display()),
-                    ));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                },
-                Err(e) => return Err(e),
-            }
-        }
-        let final_path = self.full();
-        if let Ok(meta) = std::fs::symlink_metadata(&final_path)
-            && meta.file_type().is_dir()
+        let root = DirHandle::open_root(&self.root, parents.is_empty())?;
+        let dir = root.walk(&parents, create)?;
+        if create
+            && let Ok(meta) = dir.stat(self.file_name())
+            && meta.is_dir()
         {
             return Err(io::Error::new(
                 io::ErrorKind::IsADirectory,
-                format!("{} is a folder", final_path.display()),
+                format!("{} is a folder", self.full().display()),
             ));
         }
         Ok(dir)
     }
+}
+
+/// Flags of the folder a file is written in: a folder, and not a link to
+/// one; readable, so it can be synced.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// Folders on the way there are only passed through: `O_PATH` needs no read
+/// permission, only the search permission a path lookup needs too.
+const PASS_FLAGS: OFlags = DIR_FLAGS.union(OFlags::PATH);
+
+/// An open folder, reached without following links. Files are created,
+/// renamed and removed relative to it (`openat`, `renameat`, `unlinkat`),
+/// never by a path string that could be redirected between two calls.
+#[derive(Debug)]
+pub struct DirHandle {
+    fd: File,
+    /// Where the folder was when it was opened; for messages only.
+    path: PathBuf,
+}
+
+impl DirHandle {
+    /// Opens an absolute folder, starting at `/` and refusing a link at any
+    /// step: for paths gator-ota recorded itself (under canonical roots, so
+    /// no link is ever on the way legitimately). Blocking.
+    pub fn open_absolute(path: &Path) -> io::Result<Self> {
+        let parts: Vec<&OsStr> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name),
+                _ => None,
+            })
+            .collect();
+        let top = Self::open_root(Path::new("/"), parts.is_empty())?;
+        top.walk(&parts, false)
+    }
+
+    /// A root from the settings: its last component must not be a link (it
+    /// was resolved at start-up, so a link there now was swapped in).
+    /// `last`: the file is written right in it.
+    fn open_root(root: &Path, last: bool) -> io::Result<Self> {
+        let flags = if last { DIR_FLAGS } else { PASS_FLAGS };
+        match rfs::open(root, flags, Mode::empty()) {
+            Ok(fd) => Self::checked(fd, root.to_path_buf()),
+            Err(e) if e == Errno::LOOP || e == Errno::NOTDIR => Err(not_a_folder(root)),
+            Err(e) => Err(with_path(e.into(), root)),
+        }
+    }
+
+    /// Descends through `names`, one `openat` each.
+    fn walk(self, names: &[&OsStr], create: bool) -> io::Result<Self> {
+        let mut dir = self;
+        for (i, name) in names.iter().enumerate() {
+            dir = dir.child(name, create, i + 1 == names.len())?;
+        }
+        Ok(dir)
+    }
+
+    fn child(&self, name: &OsStr, create: bool, last: bool) -> io::Result<Self> {
+        let shown = self.path.join(name);
+        let flags = if last { DIR_FLAGS } else { PASS_FLAGS };
+        let open = || rfs::openat(&self.fd, name, flags, Mode::empty());
+        let opened = match open() {
+            Err(e) if e == Errno::NOENT && create => {
+                match rfs::mkdirat(&self.fd, name, Mode::from_bits_truncate(0o777)) {
+                    Ok(()) => {}
+                    Err(e) if e == Errno::EXIST => {}
+                    Err(e) => return Err(with_path(e.into(), &shown)),
+                }
+                open()
+            }
+            other => other,
+        };
+        match opened {
+            Ok(fd) => Self::checked(fd, shown),
+            Err(e) if e == Errno::LOOP || e == Errno::NOTDIR => Err(not_a_folder(&shown)),
+            Err(e) => Err(with_path(e.into(), &shown)),
+        }
+    }
+
+    /// `O_DIRECTORY` already refuses anything but a folder; checked again
+    /// because `O_PATH|O_NOFOLLOW` is the one combination that can open a
+    /// link itself.
+    fn checked(fd: rustix::fd::OwnedFd, path: PathBuf) -> io::Result<Self> {
+        let fd = File::from(fd);
+        if !fd.metadata()?.is_dir() {
+            return Err(not_a_folder(&path));
+        }
+        Ok(Self { fd, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Device and inode: tells whether two handles are the same folder.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        let meta = self.fd.metadata()?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// Creates `name` exclusively: never opens what is already there, so a
+    /// file or link planted at the name is never written through.
+    pub fn create_new(&self, name: &OsStr) -> io::Result<File> {
+        let flags = OFlags::RDWR
+            .union(OFlags::CREATE)
+            .union(OFlags::EXCL)
+            .union(OFlags::NOFOLLOW)
+            .union(OFlags::CLOEXEC);
+        rfs::openat(&self.fd, name, flags, Mode::from_bits_truncate(0o666))
+            .map(File::from)
+            .map_err(io::Error::from)
+    }
+
+    /// Opens an existing `name` without following a link at it; without
+    /// blocking on a FIFO planted there (the caller checks what it got).
+    pub fn open_existing(&self, name: &OsStr, write: bool) -> io::Result<File> {
+        let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        let flags = access
+            .union(OFlags::NOFOLLOW)
+            .union(OFlags::NONBLOCK)
+            .union(OFlags::NOCTTY)
+            .union(OFlags::CLOEXEC);
+        rfs::openat(&self.fd, name, flags, Mode::empty())
+            .map(File::from)
+            .map_err(io::Error::from)
+    }
+
+    /// What is at `name`, without following a link.
+    pub fn stat(&self, name: &OsStr) -> io::Result<std::fs::Metadata> {
+        // `statat` gives a raw `Stat` whose field types vary by target; an
+        // `O_PATH` handle gives std's portable metadata instead.
+        let flags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+        let fd = rfs::openat(&self.fd, name, flags, Mode::empty())?;
+        File::from(fd).metadata()
+    }
+
+    /// Renames within this folder: atomic, and replaces a link at `to`
+    /// instead of following it.
+    pub fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        rfs::renameat(&self.fd, from, &self.fd, to).map_err(io::Error::from)
+    }
+
+    /// Removes `name` from this folder; a missing one is not an error.
+    pub fn remove(&self, name: &OsStr) -> io::Result<()> {
+        match rfs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(e) if e == Errno::NOENT => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes the folder's entries (new names, renames) durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.fd.sync_all()
+    }
+}
+
+/// A link or a non-folder where a folder is needed, said plainly.
+fn not_a_folder(path: &Path) -> io::Error {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is a symbolic link; refusing to follow it",
+                path.display()
+            ),
+        ),
+        _ => io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a folder", path.display()),
+        ),
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -308,6 +479,51 @@ mod tests {
         assert!(p.prepare_parent().is_err());
         let ok = c.resolve("disk_path", "new/deeper/ok.bin").unwrap();
         assert_eq!(ok.prepare_parent().unwrap(), c.home().join("new/deeper"));
+    }
+
+    #[test]
+    fn a_handle_keeps_to_its_folder_when_a_link_takes_its_name() {
+        let (d, c) = confinement();
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let p = c.resolve("disk_path", "a/b/x.bin").unwrap();
+        let dir = p.open_parent(true).unwrap();
+        std::fs::rename(c.home().join("a"), c.home().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, c.home().join("a")).unwrap();
+        dir.create_new(OsStr::new("x.bin")).unwrap();
+        assert!(c.home().join("moved/b/x.bin").is_file());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        let err = p.open_parent(false).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(DirHandle::open_absolute(&c.home().join("a/b")).is_err());
+        let moved = DirHandle::open_absolute(&c.home().join("moved/b")).unwrap();
+        assert_eq!(moved.identity().unwrap(), dir.identity().unwrap());
+    }
+
+    #[test]
+    fn staging_is_exclusive_and_never_through_a_link() {
+        let (d, c) = confinement();
+        let dir = c
+            .resolve("disk_path", "x.bin")
+            .unwrap()
+            .open_parent(true)
+            .unwrap();
+        std::fs::write(d.path().join("target"), "outside").unwrap();
+        std::os::unix::fs::symlink(d.path().join("target"), c.home().join("link")).unwrap();
+        let err = dir.create_new(OsStr::new("link")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(dir.open_existing(OsStr::new("link"), true).is_err());
+        assert!(
+            dir.stat(OsStr::new("link"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        dir.remove(OsStr::new("link")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("target")).unwrap(),
+            "outside"
+        );
     }
 
     #[test]

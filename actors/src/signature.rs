@@ -6,7 +6,7 @@
 //! installed. Verification streams the staged file, so memory stays flat
 //! whatever the image size.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -73,12 +73,23 @@ impl Keyring {
 
     /// Checks `signature` over the file at `path`. Blocking.
     pub fn verify_file(&self, path: &Path, signature: &Signature) -> Result<(), SignatureError> {
+        let file = std::fs::File::open(path).map_err(|e| SignatureError::Read(e.to_string()))?;
+        self.verify_open(&file, signature)
+    }
+
+    /// Checks `signature` over an open file, read from its start: for a file
+    /// opened through a folder handle, never by a path. Blocking.
+    pub fn verify_open(
+        &self,
+        mut file: &std::fs::File,
+        signature: &Signature,
+    ) -> Result<(), SignatureError> {
         for key in &self.keys {
             let mut verifier = key
                 .verify_stream(signature)
                 .map_err(|_| SignatureError::Malformed)?;
-            let mut file =
-                std::fs::File::open(path).map_err(|e| SignatureError::Read(e.to_string()))?;
+            file.seek(std::io::SeekFrom::Start(0))
+                .map_err(|e| SignatureError::Read(e.to_string()))?;
             let mut buf = vec![0u8; 256 * 1024];
             loop {
                 let n = file
