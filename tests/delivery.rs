@@ -173,6 +173,19 @@ fn a_flapping_broker_with_statuses_on_crashes_nothing_and_loses_nothing() {
         expect_all_confirmed(&confirms, &sent, || gw.log());
     }
     assert!(gw.is_running(), "gator-ota died: {:?}", gw.exit_status());
+    // Under tests/soak.sh --valgrind, memcheck reports each invalid read,
+    // write or free on the gateway's stderr as it happens.
+    let memcheck: Vec<String> = gw
+        .log()
+        .lines()
+        .filter(|l| l.starts_with("==") && l.contains("== "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        memcheck.is_empty(),
+        "memcheck reported:\n{}",
+        memcheck.join("\n")
+    );
     let counts = confirm_counts(&confirms);
     println!(
         "flapping broker: {seconds} s, {restarts} restarts, {} messages reached the broker, \
@@ -205,7 +218,7 @@ fn hung_env(env: &[(String, String)], hung: &HungS3) -> Vec<(String, String)> {
     env
 }
 
-/// 60 messages taken from the broker while the job queue is full (S3 does
+/// 60 messages (`GATOR_OTA_STOP_MESSAGES`) taken from the broker while the job queue is full (S3 does
 /// not answer), then the gateway stops; after a restart with S3 answering,
 /// every one is confirmed.
 fn stop_with_a_full_queue(stop: impl FnOnce(Gateway)) {
@@ -220,7 +233,8 @@ fn stop_with_a_full_queue(stop: impl FnOnce(Gateway)) {
     env.push(("GATOR_OTA__PIPELINE__QUEUE".into(), "4".into()));
     let confirms = Collector::start(&world.broker.url(), CONFIRM_TOPIC);
     let gw = Gateway::start(hung_env(&env, &hung));
-    let names: Vec<String> = (0..60).map(|i| format!("queued-{i}")).collect();
+    let count = env_number("GATOR_OTA_STOP_MESSAGES", 60);
+    let names: Vec<String> = (0..count).map(|i| format!("queued-{i}")).collect();
     for n in &names {
         world.publish_json(&serde_json::from_str(&job(n)).unwrap());
     }
@@ -233,7 +247,7 @@ fn stop_with_a_full_queue(stop: impl FnOnce(Gateway)) {
     expect_all_confirmed(&confirms, &names, || gw.log());
     let counts = confirm_counts(&confirms);
     println!(
-        "full queue, stopped: 60 reached the broker, {} confirmed, {} duplicate confirms",
+        "full queue, stopped: {count} reached the broker, {} confirmed, {} duplicate confirms",
         counts.len(),
         duplicates(&counts)
     );

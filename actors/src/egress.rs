@@ -109,11 +109,20 @@ impl MqttEgress {
                     Ok(msg) => msg,
                     Err(e) => return Sent::Unreadable(e),
                 };
-                let token = client.publish(paho::Message::new(&msg.topic, msg.payload, qos));
-                match tokio::time::timeout(ACK_DEADLINE, token).await {
-                    Ok(Ok(())) => Sent::Acknowledged(msg.topic),
-                    Ok(Err(e)) => Sent::Refused(e.to_string()),
-                    Err(_) => Sent::Refused(format!("no acknowledgement within {ACK_DEADLINE:?}")),
+                let mut token = client.publish(paho::Message::new(&msg.topic, msg.payload, qos));
+                loop {
+                    match tokio::time::timeout(ACK_DEADLINE, &mut token).await {
+                        Ok(Ok(())) => return Sent::Acknowledged(msg.topic),
+                        Ok(Err(e)) => return Sent::Refused(e.to_string()),
+                        // paho sends it again itself when the session
+                        // resumes: sending a copy too would duplicate it.
+                        Err(_) if !client.is_connected() => continue,
+                        Err(_) => {
+                            return Sent::Refused(format!(
+                                "no acknowledgement within {ACK_DEADLINE:?}"
+                            ));
+                        }
+                    }
                 }
             };
             ctx.spawn(wrap_future::<_, Self>(send).map(move |sent, act, ctx| {

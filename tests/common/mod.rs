@@ -176,7 +176,9 @@ impl Gateway {
 
     /// Starts the gateway without waiting for anything.
     pub fn spawn(env: Vec<(String, String)>) -> Self {
-        let mut cmd = wrapped(env!("CARGO_BIN_EXE_gator-ota"));
+        let binary = std::env::var("GATOR_OTA_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gator-ota").to_string());
+        let mut cmd = wrapped(&binary);
         cmd.arg("run")
             .env_remove("GATOR_OTA_SETTINGS")
             .env("GATOR_OTA_LOG", "info")
@@ -317,6 +319,7 @@ impl Drop for Gateway {
 
 /// The gateway's command, under `GATOR_OTA_TEST_WRAPPER` when it is set
 /// (e.g. `valgrind --error-exitcode=99`), for the soak's memory checks.
+/// `GATOR_OTA_TEST_BINARY` runs another build (the soak's `--release`).
 fn wrapped(binary: &str) -> Command {
     let wrapper = std::env::var("GATOR_OTA_TEST_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
