@@ -1,10 +1,10 @@
 //! The S3 carrier and its one task function, `handle_new_firmware_message`.
 //!
 //! A `firmware_image` is checked and confined when it arrives, written to the
-//! job journal, and queued; `jobs.concurrency` workers take jobs from the
-//! bounded queue and run them ([`crate::job`]). A full queue holds the router,
-//! and so MQTT ingress, back. Jobs left unfinished by a previous run are
-//! queued first.
+//! job journal, and queued; a dispatcher takes jobs from the bounded queue in
+//! arrival order and runs up to `jobs.concurrency` of them at once
+//! ([`crate::job`]). A full queue holds the router, and so MQTT ingress, back.
+//! Jobs left unfinished by a previous run are queued first.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
