@@ -4,31 +4,41 @@
 //!    the pointer is (re)written: a repeated message downloads nothing.
 //! 2. Otherwise the object is staged beside `disk_path`, resuming with a
 //!    ranged GET after a cut, with backoff between attempts, and starting
-//!    over if the object changed meanwhile.
-//! 3. The staged bytes are verified: size, then the message's sha256/md5, or
-//!    the object's ETag when it is a plain MD5.
+//!    over if the object changed meanwhile. Every HEAD and GET is an attempt:
+//!    each waits at most `header_timeout` for its answer, and what fails
+//!    (a timeout, a 5xx, a cut) is retried up to `jobs.attempts` times.
+//! 3. The staged bytes are verified: size, then the message's sha256/md5 and
+//!    the object's own S3 SHA-256, or else the object's ETag when it is an MD5.
 //! 4. Image, then pointer, are committed; old images are pruned.
 //! 5. The journal moves to `installed`, the confirm_receipt goes out, and the
 //!    job is forgotten.
 //!
-//! Jobs for the same `disk_path` hold a lock for their whole run, so they
-//! never write the same files at once.
+//! Jobs that touch the same image or pointer take turns in arrival order
+//! ([`Turn`]), so they never write the same files at once; others do not wait
+//! for each other. A running job holds one of `jobs.concurrency` [`Slot`]s,
+//! and gives it back while it waits out a backoff, so jobs that keep failing
+//! do not hold up the rest.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Recipient;
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::Shared;
 use futures::stream::{self, BoxStream};
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::firmware::FirmwareJob;
 use crate::journal::{InstalledImage, JobRecord, JobState, Journal, PointerRecord};
 use crate::messages::{ByteStream, Publish, TransferError};
+use crate::s3_response::{ObjectFacts, RangeAnswer, range_answer};
 use crate::signature::{Keyring, parse_signature};
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
@@ -44,6 +54,8 @@ pub struct Policy {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub idle_timeout: Duration,
+    /// How long a HEAD or GET waits for its response headers.
+    pub header_timeout: Duration,
     pub reserve_bytes: u64,
     pub keep_images: usize,
     pub progress_step: u8,
@@ -80,35 +92,112 @@ pub struct Runner {
     pub journal: Arc<Journal>,
     pub policy: Policy,
     pub system_id: String,
-    /// One lock per destination file, so two jobs never write the same one.
-    pub locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last job in line for each destination file (a key is a file some
+    /// queued or running job will write).
+    pub locks: Arc<Mutex<HashMap<PathBuf, Place>>>,
+}
+
+/// The last job in line for a file, and what resolves when it has ended.
+#[derive(Clone)]
+pub struct Place {
+    job: u64,
+    done: Shared<oneshot::Receiver<()>>,
+}
+
+/// A job's place in line for its image and pointer. Taken in arrival order
+/// without waiting, so a job waiting for its files never holds up jobs for
+/// other files; [`Turn::wait`] resolves when every earlier job for them has
+/// ended.
+pub struct Turn {
+    job: u64,
+    paths: Vec<PathBuf>,
+    before: Vec<Shared<oneshot::Receiver<()>>>,
+    /// Dropped with the turn: wakes the next job in line.
+    _done: oneshot::Sender<()>,
+    lines: Arc<Mutex<HashMap<PathBuf, Place>>>,
+}
+
+impl Turn {
+    pub async fn wait(&mut self) {
+        for earlier in self.before.drain(..) {
+            // Err: the earlier job's turn was dropped, which is the signal.
+            let _ = earlier.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        for path in &self.paths {
+            if lines.get(path).is_some_and(|p| p.job == self.job) {
+                lines.remove(path);
+            }
+        }
+    }
+}
+
+/// A job's claim on one of the carrier's `jobs.concurrency` slots. It is
+/// given back while the job waits out a backoff: a job whose store hangs or
+/// fails holds a slot only while it is trying.
+pub struct Slot {
+    slots: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    pub async fn take(slots: Arc<Semaphore>) -> Self {
+        // The semaphore is never closed; a closed one would only mean no limit.
+        let permit = slots.clone().acquire_owned().await.ok();
+        Self { slots, permit }
+    }
+
+    /// Gives the slot back for `wait`, then queues for one again.
+    async fn pause(&mut self, wait: Duration) {
+        self.permit = None;
+        tokio::time::sleep(wait).await;
+        self.permit = self.slots.clone().acquire_owned().await.ok();
+    }
 }
 
 impl Runner {
-    /// Locks the job's image and pointer. Workers call this while they still
-    /// hold the queue, so jobs touching the same files run in arrival order:
-    /// the pointer always ends up naming the last image published.
-    pub async fn acquire(&self, job: &FirmwareJob) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+    /// The job's turn for its image and pointer, behind every job taken
+    /// before it for either: the pointer always ends up naming the last image
+    /// published. Never waits; call it in arrival order.
+    pub fn take_turn(&self, job: &FirmwareJob) -> Turn {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut paths = vec![job.disk_path.full(), job.config_path.full()];
         paths.sort();
         paths.dedup();
-        let mut guards = Vec::with_capacity(paths.len());
-        for path in paths {
-            guards.push(self.lock_for(path).lock_owned().await);
+        let (tx, rx) = oneshot::channel();
+        let done = rx.shared();
+        let mut lines = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let before = paths
+            .iter()
+            .filter_map(|path| {
+                let me = Place {
+                    job: id,
+                    done: done.clone(),
+                };
+                lines.insert(path.clone(), me).map(|earlier| earlier.done)
+            })
+            .collect();
+        Turn {
+            job: id,
+            paths,
+            before,
+            _done: tx,
+            lines: self.locks.clone(),
         }
-        guards
     }
 
-    pub async fn run(
-        &self,
-        mut rec: JobRecord,
-        job: FirmwareJob,
-        guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
-    ) {
+    /// Runs the job in its turn, holding `slot`; the turn ends with it.
+    pub async fn run(&self, mut rec: JobRecord, job: FirmwareJob, turn: Turn, mut slot: Slot) {
         let span = info_span!("job", msg_id = %job.msg_id, file_name = %job.file_name, cloud_path = %job.cloud_path);
         async {
             if rec.state != JobState::Installed {
-                match self.install(&mut rec, &job).await {
+                match self.install(&mut rec, &job, &mut slot).await {
                     Ok(()) => {
                         rec.state = JobState::Installed;
                         if let Err(e) = self.journal.save(&rec).await {
@@ -134,21 +223,7 @@ impl Runner {
         }
         .instrument(span)
         .await;
-        drop(guards);
-        self.release_lock(&job.disk_path.full());
-        self.release_lock(&job.config_path.full());
-    }
-
-    fn lock_for(&self, path: PathBuf) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(path).or_default().clone()
-    }
-
-    fn release_lock(&self, path: &PathBuf) {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        if locks.get(path).is_some_and(|l| Arc::strong_count(l) == 1) {
-            locks.remove(path);
-        }
+        drop(turn);
     }
 
     async fn end(&self, rec: &JobRecord) {
@@ -190,7 +265,12 @@ impl Runner {
         }
     }
 
-    async fn install(&self, rec: &mut JobRecord, job: &FirmwareJob) -> Result<(), Failure> {
+    async fn install(
+        &self,
+        rec: &mut JobRecord,
+        job: &FirmwareJob,
+        slot: &mut Slot,
+    ) -> Result<(), Failure> {
         let key = ObjectPath::parse(&job.cloud_path).map_err(|e| {
             Failure::new(
                 Reason::InvalidMessage,
@@ -211,11 +291,11 @@ impl Runner {
             self.commit(job, false).await?;
             return Ok(());
         }
-        let (staged, meta) = self.download(rec, job, &key).await?;
+        let (staged, Object { meta, facts }) = self.download(rec, job, &key, slot).await?;
         self.status
             .send(&job.msg_id, &job.file_name, State::Downloaded, None, None);
         let (sha256, md5) = staged.hashes.finish();
-        if let Err(f) = verify(job, &meta, &sha256, &md5) {
+        if let Err(f) = verify(job, &meta, &facts, &sha256, &md5) {
             self.discard(job).await;
             return Err(f);
         }
@@ -304,11 +384,12 @@ impl Runner {
         if job.expect.sha256.is_none() && job.expect.md5.is_none() {
             // Without a checksum in the message, the bucket's ETag tells
             // whether the object changed since.
-            let meta = self
-                .store
-                .head(key)
-                .await
-                .map_err(|e| fetch_failure(&job.cloud_path, e))?;
+            let meta = match self.head(key).await {
+                Ok(object) => object.meta,
+                Err(miss) if miss.is_final() => return Err(miss.failure(&job.cloud_path)),
+                // Cannot tell now: the download asks again, with retries.
+                Err(_) => return Ok(false),
+            };
             if meta.e_tag.is_none() || meta.e_tag != done.etag {
                 return Ok(false);
             }
@@ -358,240 +439,339 @@ impl Runner {
     }
 
     /// Stages the whole object, retrying and resuming as the policy allows.
+    /// Every try (a HEAD when needed, a GET and its body) counts against
+    /// `jobs.attempts`; between tries the job waits out its backoff without
+    /// its slot.
     async fn download(
         &self,
         rec: &mut JobRecord,
         job: &FirmwareJob,
         key: &ObjectPath,
-    ) -> Result<(Appended, ObjectMeta), Failure> {
+        slot: &mut Slot,
+    ) -> Result<(Appended, Object), Failure> {
         let p = &self.policy;
+        let mut progress = Progress::default();
         let mut attempt = 0;
-        // Each turn fetches the object's current version; a change mid-way
-        // starts the next turn.
-        'object: loop {
+        loop {
+            attempt += 1;
+            let step = match self.attempt(rec, job, key, &mut progress, attempt).await {
+                Ok(done) => return Ok(done),
+                Err(step) => step,
+            };
+            let (cause, error) = match step {
+                Step::Fail(f) => return Err(f),
+                Step::Again(_) if attempt < p.attempts => continue,
+                Step::Again(why) => (Cause::Unreachable, why),
+                Step::Retry(cause, error) => (cause, error),
+            };
             if attempt >= p.attempts {
                 return Err(Failure::new(
-                    Reason::Unreachable,
-                    format!("gave up after {attempt} attempts: the object kept changing"),
+                    cause.reason(),
+                    format!("gave up after {attempt} attempts; last: {error}"),
                 ));
             }
-            let meta = self
-                .store
-                .head(key)
-                .await
-                .map_err(|e| fetch_failure(&job.cloud_path, e))?;
-            if meta.size > p.max_image_bytes {
+            let wait = backoff(p.backoff_min, p.backoff_max, attempt);
+            warn!(attempt, of = p.attempts, retry_in = ?wait, error = %error, "download attempt failed");
+            slot.pause(wait).await;
+        }
+    }
+
+    /// One try: a HEAD when the object's version is not known yet, then a GET
+    /// from the staged bytes on, streamed to the writer.
+    async fn attempt(
+        &self,
+        rec: &mut JobRecord,
+        job: &FirmwareJob,
+        key: &ObjectPath,
+        pr: &mut Progress,
+        attempt: u32,
+    ) -> Result<(Appended, Object), Step> {
+        let mut object = match pr.object.clone() {
+            Some(object) => object,
+            None => {
+                let object = self.head(key).await.map_err(|m| m.step(&job.cloud_path))?;
+                self.adopt(rec, job, pr, &object)
+                    .await
+                    .map_err(Step::Fail)?;
+                pr.object = Some(object.clone());
+                object
+            }
+        };
+        let size = object.meta.size;
+        let from = start_of(job, pr, size).await;
+        if from > 0 {
+            info!(offset = from, attempt, "resuming with a ranged GET");
+        }
+        if from == size {
+            // Every byte is staged already (cut before the commit): only the
+            // digests are missing.
+            let done = self.append(job, pr, from, size, stream::empty().boxed());
+            return match done.await {
+                Ok(done) => Ok((done, object)),
+                Err(Step::Retry(..)) if from > 0 => {
+                    // The staged bytes did not add up: start over (a
+                    // zero-length object never comes back here).
+                    pr.offset = Some(0);
+                    pr.hashes = None;
+                    pr.short = false;
+                    Err(Step::Again("the staged bytes did not add up".into()))
+                }
+                Err(Step::Retry(..)) => Err(Step::Fail(Failure::new(
+                    Reason::Io,
+                    "the staged image does not match its size",
+                ))),
+                Err(other) => Err(other),
+            };
+        }
+        let got = self.get_from(job, key, pr, &object.meta, from).await?;
+        let facts = ObjectFacts::of(&got);
+        object.facts.merge(facts.clone());
+        if let Some(known) = &mut pr.object {
+            known.facts.merge(facts);
+        }
+        if from == 0 {
+            self.status.send(
+                &job.msg_id,
+                &job.file_name,
+                State::Downloading,
+                Some(0),
+                None,
+            );
+            info!(bytes = size, "downloading");
+        }
+        let body = meter(got.into_stream(), self.meter(job, from, size));
+        let done = self.append(job, pr, from, size, body).await?;
+        Ok((done, object))
+    }
+
+    /// Takes `object` as the version to stage: checks its size against the
+    /// limits and the disk, and whether the staged bytes belong to it.
+    async fn adopt(
+        &self,
+        rec: &mut JobRecord,
+        job: &FirmwareJob,
+        pr: &mut Progress,
+        object: &Object,
+    ) -> Result<(), Failure> {
+        let p = &self.policy;
+        let meta = &object.meta;
+        if meta.size > p.max_image_bytes {
+            return Err(Failure::new(
+                Reason::TooLarge,
+                format!(
+                    "the object has {} bytes, more than firmware.max_image_bytes = {}",
+                    meta.size, p.max_image_bytes
+                ),
+            ));
+        }
+        if let Some(expected) = job.expect.size
+            && expected != meta.size
+        {
+            return Err(Failure::new(
+                Reason::SizeMismatch,
+                format!(
+                    "the message says {expected} bytes, the object has {}",
+                    meta.size
+                ),
+            ));
+        }
+        // A resumed job continues only if the object is the one it started.
+        let same =
+            rec.state == JobState::Downloading && rec.etag.is_some() && rec.etag == meta.e_tag;
+        if !same {
+            if rec.state == JobState::Downloading {
+                info!("the object changed since the download started; starting over");
+            }
+            pr.offset = Some(0);
+            pr.hashes = None;
+            pr.short = false;
+        }
+        let dir = job
+            .disk_path
+            .full()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        if let Ok(free) = free_space_of(&dir).await {
+            let needed = meta.size.saturating_add(p.reserve_bytes);
+            if free < needed {
                 return Err(Failure::new(
-                    Reason::TooLarge,
+                    Reason::NoSpace,
                     format!(
-                        "the object has {} bytes, more than firmware.max_image_bytes = {}",
-                        meta.size, p.max_image_bytes
+                        "{free} bytes free in {}, {needed} needed (image + jobs.reserve_bytes)",
+                        dir.display()
                     ),
                 ));
             }
-            if let Some(expected) = job.expect.size
-                && expected != meta.size
-            {
-                return Err(Failure::new(
-                    Reason::SizeMismatch,
+        }
+        rec.state = JobState::Downloading;
+        rec.etag = meta.e_tag.clone();
+        self.journal
+            .save(rec)
+            .await
+            .map_err(|e| Failure::new(Reason::Io, format!("cannot write the job journal: {e}")))
+    }
+
+    /// HEAD, within `header_timeout`.
+    async fn head(&self, key: &ObjectPath) -> Result<Object, Miss> {
+        let wait = self.policy.header_timeout;
+        let opts = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        match tokio::time::timeout(wait, self.store.get_opts(key, opts)).await {
+            Err(_) => Err(Miss::NoAnswer("HEAD", wait)),
+            Ok(Err(e)) => Err(Miss::Store(e)),
+            Ok(Ok(got)) => Ok(Object {
+                facts: ObjectFacts::of(&got),
+                meta: got.meta,
+            }),
+        }
+    }
+
+    /// A GET of this version from `from` on, within `header_timeout`.
+    async fn get_from(
+        &self,
+        job: &FirmwareJob,
+        key: &ObjectPath,
+        pr: &mut Progress,
+        meta: &ObjectMeta,
+        from: u64,
+    ) -> Result<GetResult, Step> {
+        let wait = self.policy.header_timeout;
+        let opts = GetOptions {
+            range: (from > 0).then_some(GetRange::Offset(from)),
+            if_match: meta.e_tag.clone(),
+            ..GetOptions::default()
+        };
+        let e = match tokio::time::timeout(wait, self.store.get_opts(key, opts)).await {
+            Err(_) => return Err(Miss::NoAnswer("GET", wait).step(&job.cloud_path)),
+            Ok(Ok(got)) if got.meta.e_tag != meta.e_tag => return Err(changed(pr)),
+            Ok(Ok(got)) if got.meta.size != meta.size => {
+                // Same version, another size: HEAD again, and count it as
+                // the object not adding up.
+                pr.object = None;
+                pr.short = true;
+                return Err(Step::Retry(
+                    Cause::Size,
                     format!(
-                        "the message says {expected} bytes, the object has {}",
+                        "the GET says the object has {} bytes, its HEAD {}",
+                        got.meta.size, meta.size
+                    ),
+                ));
+            }
+            Ok(Ok(got)) => return Ok(got),
+            Ok(Err(e)) => e,
+        };
+        match (&e, range_answer(&e)) {
+            (object_store::Error::Precondition { .. }, _) => Err(changed(pr)),
+            (_, Some(RangeAnswer::Ignored)) => {
+                warn!("the store ignored the Range header; fetching the object from byte 0");
+                pr.no_ranges = true;
+                pr.offset = Some(0);
+                pr.hashes = None;
+                Err(Step::Again(e.to_string()))
+            }
+            (_, Some(RangeAnswer::NotSatisfiable)) => {
+                // A replaced, shorter object, or one shorter than its HEAD
+                // says: ask the bucket which.
+                if let Ok(now) = self.head(key).await
+                    && now.meta.e_tag != meta.e_tag
+                {
+                    return Err(changed(pr));
+                }
+                pr.short = true;
+                Err(Step::Retry(
+                    Cause::Size,
+                    format!(
+                        "the object ends before byte {from}, though its HEAD says {} bytes (416)",
                         meta.size
                     ),
-                ));
+                ))
             }
-            // A resumed job continues only if the object is the one it started;
-            // `None` means "from whatever the staging file holds".
-            let mut offset: Option<u64> = if rec.state == JobState::Downloading
-                && rec.etag.is_some()
-                && rec.etag == meta.e_tag
-            {
-                None
-            } else {
-                if rec.state == JobState::Downloading {
-                    info!("the object changed since the download started; starting over");
-                }
-                Some(0)
-            };
-            let dir = job
-                .disk_path
-                .full()
-                .parent()
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            if let Ok(free) = free_space_of(&dir).await {
-                let needed = meta.size.saturating_add(p.reserve_bytes);
-                if free < needed {
-                    return Err(Failure::new(
-                        Reason::NoSpace,
-                        format!(
-                            "{free} bytes free in {}, {needed} needed (image + jobs.reserve_bytes)",
-                            dir.display()
-                        ),
-                    ));
-                }
-            }
-            rec.state = JobState::Downloading;
-            rec.etag = meta.e_tag.clone();
-            if let Err(e) = self.journal.save(rec).await {
-                return Err(Failure::new(
-                    Reason::Io,
-                    format!("cannot write the job journal: {e}"),
-                ));
-            }
+            _ => Err(Miss::Store(e).step(&job.cloud_path)),
+        }
+    }
 
-            let mut hashes: Option<Hashes> = None;
-            loop {
-                attempt += 1;
-                let from = match offset {
-                    Some(o) => o,
-                    None => tokio::fs::metadata(staging_path(&job.disk_path))
-                        .await
-                        .map(|m| m.len().min(meta.size))
-                        .unwrap_or(0),
-                };
-                if from > 0 {
-                    info!(offset = from, attempt, "resuming with a ranged GET");
-                }
-                if from == meta.size {
-                    // Every byte is staged already (cut before the commit): only
-                    // the digests are missing.
-                    let append = Append {
-                        image: job.disk_path.clone(),
-                        offset: from,
-                        hashes: hashes.take(),
-                        body: stream::empty().boxed(),
-                        total: meta.size,
-                    };
-                    match self.append.send(append).await {
-                        Ok(Ok(done)) if done.written == meta.size => return Ok((done, meta)),
-                        // The staged bytes did not add up: start over (a
-                        // zero-length object never comes back here).
-                        Ok(Ok(_)) | Ok(Err(WriteError::Transfer { .. })) if from > 0 => {
-                            offset = Some(0);
-                            continue;
-                        }
-                        Ok(Ok(_)) | Ok(Err(WriteError::Transfer { .. })) => {
-                            return Err(Failure::new(
-                                Reason::Io,
-                                "the staged image does not match its size",
-                            ));
-                        }
-                        Ok(Err(e)) => {
-                            self.discard(job).await;
-                            return Err(write_failure(e));
-                        }
-                        Err(e) => {
-                            return Err(writer_gone(e));
-                        }
-                    }
-                }
-                let opts = GetOptions {
-                    range: (from > 0).then_some(GetRange::Offset(from)),
-                    if_match: meta.e_tag.clone(),
-                    ..GetOptions::default()
-                };
-                let error = match self.store.get_opts(key, opts).await {
-                    Ok(got) if got.meta.e_tag != meta.e_tag => {
-                        warn!("the object changed during the download; starting over");
-                        continue 'object;
-                    }
-                    Ok(got) => {
-                        if from == 0 {
-                            self.status.send(
-                                &job.msg_id,
-                                &job.file_name,
-                                State::Downloading,
-                                Some(0),
-                                None,
-                            );
-                            info!(bytes = meta.size, "downloading");
-                        }
-                        let body = meter(
-                            got.into_stream(),
-                            Meter {
-                                idle: p.idle_timeout,
-                                rate: p.max_bytes_per_second,
-                                started: Instant::now(),
-                                base: from,
-                                sent: 0,
-                                total: meta.size,
-                                step: p.progress_step.max(1),
-                                next_pct: next_step(from, meta.size, p.progress_step.max(1)),
-                                status: self.status.clone(),
-                                msg_id: job.msg_id.clone(),
-                                file_name: job.file_name.clone(),
-                            },
-                        );
-                        let append = Append {
-                            image: job.disk_path.clone(),
-                            offset: from,
-                            hashes: hashes.take(),
-                            body,
-                            total: meta.size,
-                        };
-                        match self.append.send(append).await {
-                            Ok(Ok(done)) if done.written == meta.size => return Ok((done, meta)),
-                            Ok(Ok(short)) => {
-                                offset = Some(short.written);
-                                let got = short.written;
-                                hashes = Some(short.hashes);
-                                format!("the transfer ended after {got} of {} bytes", meta.size)
-                            }
-                            Ok(Err(WriteError::Transfer { progress, source })) => {
-                                offset = Some(progress.written);
-                                hashes = Some(progress.hashes);
-                                if let TransferError::Idle(d) = source {
-                                    format!("timeout: no data for {d:?}")
-                                } else {
-                                    source.to_string()
-                                }
-                            }
-                            Ok(Err(e)) => {
-                                self.discard(job).await;
-                                return Err(write_failure(e));
-                            }
-                            Err(e) => {
-                                return Err(writer_gone(e));
-                            }
-                        }
-                    }
-                    Err(object_store::Error::Precondition { .. }) => {
-                        warn!("the object changed during the download; starting over");
-                        continue 'object;
-                    }
-                    Err(e) => {
-                        let f = fetch_failure(&job.cloud_path, e);
-                        if matches!(f.reason, Reason::NotFound | Reason::Auth) {
-                            return Err(f);
-                        }
-                        // A range past the end of a replaced, shorter object
-                        // fails before any ETag is seen: ask the bucket.
-                        if from > 0
-                            && let Ok(now) = self.store.head(key).await
-                            && now.e_tag != meta.e_tag
-                        {
-                            warn!("the object changed during the download; starting over");
-                            continue 'object;
-                        }
-                        f.detail
-                    }
-                };
-                if attempt >= p.attempts {
-                    let reason = if error.starts_with("timeout") {
-                        Reason::Timeout
-                    } else {
-                        Reason::Unreachable
-                    };
-                    return Err(Failure::new(
-                        reason,
-                        format!("gave up after {attempt} attempts; last: {error}"),
-                    ));
-                }
-                let wait = backoff(p.backoff_min, p.backoff_max, attempt);
-                warn!(attempt, of = p.attempts, retry_in = ?wait, error = %error, "download attempt failed");
-                tokio::time::sleep(wait).await;
+    /// Streams `body` into the staging file after its first `from` bytes.
+    async fn append(
+        &self,
+        job: &FirmwareJob,
+        pr: &mut Progress,
+        from: u64,
+        size: u64,
+        body: ByteStream,
+    ) -> Result<Appended, Step> {
+        let append = Append {
+            image: job.disk_path.clone(),
+            offset: from,
+            hashes: pr.hashes.take(),
+            body,
+            total: size,
+        };
+        match self.append.send(append).await {
+            Ok(Ok(done)) if done.written == size => Ok(done),
+            Ok(Ok(short)) => {
+                // The body ended cleanly before the object's size.
+                let got = short.written;
+                pr.offset = Some(got);
+                pr.hashes = Some(short.hashes);
+                pr.short = true;
+                Err(Step::Retry(
+                    Cause::Size,
+                    format!("the transfer ended after {got} of {size} bytes"),
+                ))
             }
+            Ok(Err(WriteError::Transfer { progress, source })) => {
+                pr.offset = Some(progress.written);
+                pr.hashes = Some(progress.hashes);
+                Err(match source {
+                    TransferError::Idle(d) => {
+                        Step::Retry(Cause::Timeout, format!("timeout: no data for {d:?}"))
+                    }
+                    other => {
+                        // object_store's own retry of a cut body asks for a
+                        // range, and may get one of these answers.
+                        if let TransferError::Store(e) = &other {
+                            match range_answer(e) {
+                                Some(RangeAnswer::Ignored) => pr.no_ranges = true,
+                                Some(RangeAnswer::NotSatisfiable) => pr.short = true,
+                                None => {}
+                            }
+                        }
+                        // A cut where the object is known to end early is
+                        // that again, not the network.
+                        let cause = if pr.short {
+                            Cause::Size
+                        } else {
+                            Cause::Unreachable
+                        };
+                        Step::Retry(cause, other.to_string())
+                    }
+                })
+            }
+            Ok(Err(e)) => {
+                self.discard(job).await;
+                Err(Step::Fail(write_failure(e)))
+            }
+            Err(e) => Err(Step::Fail(writer_gone(e))),
+        }
+    }
+
+    fn meter(&self, job: &FirmwareJob, from: u64, size: u64) -> Meter {
+        let p = &self.policy;
+        Meter {
+            idle: p.idle_timeout,
+            rate: p.max_bytes_per_second,
+            started: Instant::now(),
+            base: from,
+            sent: 0,
+            total: size,
+            step: p.progress_step.max(1),
+            next_pct: next_step(from, size, p.progress_step.max(1)),
+            status: self.status.clone(),
+            msg_id: job.msg_id.clone(),
+            file_name: job.file_name.clone(),
         }
     }
 
@@ -643,10 +823,12 @@ impl Runner {
 
     async fn fetch_sig_object(&self, key: &ObjectPath) -> Result<Option<Vec<u8>>, Failure> {
         let sig_key = ObjectPath::from(format!("{key}.sig"));
-        let got = match self.store.get(&sig_key).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(fetch_failure(sig_key.as_ref(), e)),
+        let (wait, idle) = (self.policy.header_timeout, self.policy.idle_timeout);
+        let got = match tokio::time::timeout(wait, self.store.get(&sig_key)).await {
+            Err(_) => return Err(Miss::NoAnswer("GET", wait).failure(sig_key.as_ref())),
+            Ok(Ok(got)) => got,
+            Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
+            Ok(Err(e)) => return Err(fetch_failure(sig_key.as_ref(), e)),
         };
         if got.meta.size > 4096 {
             return Err(Failure::new(
@@ -654,10 +836,13 @@ impl Runner {
                 format!("{sig_key} is {} bytes; a signature is 64", got.meta.size),
             ));
         }
-        let bytes = got
-            .bytes()
-            .await
-            .map_err(|e| fetch_failure(sig_key.as_ref(), e))?;
+        let bytes = match tokio::time::timeout(idle, got.bytes()).await {
+            Err(_) => {
+                let detail = format!("timeout: no data for {idle:?} reading {sig_key}");
+                return Err(Failure::new(Reason::Timeout, detail));
+            }
+            Ok(read) => read.map_err(|e| fetch_failure(sig_key.as_ref(), e))?,
+        };
         Ok(Some(bytes.to_vec()))
     }
 
@@ -706,7 +891,138 @@ impl Runner {
     }
 }
 
-fn verify(job: &FirmwareJob, meta: &ObjectMeta, sha256: &str, md5: &str) -> Result<(), Failure> {
+/// The object as the bucket described it: its metadata, and what the
+/// response headers add.
+#[derive(Clone)]
+struct Object {
+    meta: ObjectMeta,
+    facts: ObjectFacts,
+}
+
+/// What a download keeps from one try to the next.
+#[derive(Default)]
+struct Progress {
+    /// The version being staged, from its HEAD; `None`: HEAD next.
+    object: Option<Object>,
+    /// Where the next GET starts; `None`: after the staged bytes.
+    offset: Option<u64>,
+    /// Digests of the bytes before `offset`, when still at hand.
+    hashes: Option<Hashes>,
+    /// This version has sent fewer bytes than its size at least once.
+    short: bool,
+    /// The store ignored a Range header: later tries start at byte 0.
+    no_ranges: bool,
+}
+
+/// How a try ended, short of the whole image.
+enum Step {
+    /// The store failed: try again after the backoff.
+    Retry(Cause, String),
+    /// Nothing failed, but the try must be made again at once: the object
+    /// changed, or it must be fetched from its start.
+    Again(String),
+    /// No retry can help.
+    Fail(Failure),
+}
+
+/// What a failed try says about the store, for the reason when none is left.
+#[derive(Clone, Copy)]
+enum Cause {
+    Timeout,
+    /// The object's bytes do not add up to its size.
+    Size,
+    Unreachable,
+}
+
+impl Cause {
+    fn reason(self) -> Reason {
+        match self {
+            Cause::Timeout => Reason::Timeout,
+            Cause::Size => Reason::SizeMismatch,
+            Cause::Unreachable => Reason::Unreachable,
+        }
+    }
+}
+
+/// A HEAD or GET that got no usable answer.
+enum Miss {
+    Store(object_store::Error),
+    /// No response headers within `header_timeout`.
+    NoAnswer(&'static str, Duration),
+}
+
+impl Miss {
+    /// No retry can fix these: the object is missing or the credentials are
+    /// refused. Everything else (5xx, throttling, resets, timeouts) can pass.
+    fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Miss::Store(
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            )
+        )
+    }
+
+    fn failure(self, cloud_path: &str) -> Failure {
+        match self {
+            Miss::Store(e) => fetch_failure(cloud_path, e),
+            Miss::NoAnswer(what, wait) => Failure::new(
+                Reason::Timeout,
+                format!("timeout: the {what} got no answer within {wait:?}"),
+            ),
+        }
+    }
+
+    fn step(self, cloud_path: &str) -> Step {
+        let cause = match self {
+            _ if self.is_final() => return Step::Fail(self.failure(cloud_path)),
+            Miss::NoAnswer(..) => Cause::Timeout,
+            Miss::Store(_) => Cause::Unreachable,
+        };
+        Step::Retry(cause, self.failure(cloud_path).detail)
+    }
+}
+
+/// The object is not the version being staged: HEAD again, at once.
+fn changed(pr: &mut Progress) -> Step {
+    warn!("the object changed during the download; starting over");
+    pr.object = None;
+    Step::Again("the object kept changing".into())
+}
+
+/// Where the next GET starts: after the staged bytes, or at byte 0.
+async fn start_of(job: &FirmwareJob, pr: &mut Progress, size: u64) -> u64 {
+    let staged = match pr.offset {
+        Some(o) => o,
+        None => tokio::fs::metadata(staging_path(&job.disk_path))
+            .await
+            .map(|m| m.len().min(size))
+            .unwrap_or(0),
+    };
+    let from = if pr.no_ranges && staged < size {
+        0
+    } else {
+        staged
+    };
+    if from == 0 {
+        pr.hashes = None;
+    }
+    pr.offset = Some(from);
+    from
+}
+
+/// Size is checked by the writer; here the content: the message's checksums,
+/// the object's own SHA-256, and without either the ETag when it can be an
+/// MD5 (see [`ObjectFacts::etag_may_be_md5`]).
+fn verify(
+    job: &FirmwareJob,
+    meta: &ObjectMeta,
+    facts: &ObjectFacts,
+    sha256: &str,
+    md5: &str,
+) -> Result<(), Failure> {
     let mismatch = |what: &str, want: &str, got: &str| {
         Failure::new(
             Reason::ChecksumMismatch,
@@ -723,12 +1039,28 @@ fn verify(job: &FirmwareJob, meta: &ObjectMeta, sha256: &str, md5: &str) -> Resu
     {
         return Err(mismatch("md5", want, md5));
     }
-    if job.expect.sha256.is_none()
-        && job.expect.md5.is_none()
-        && let Some(etag) = plain_md5_etag(meta.e_tag.as_deref())
-        && etag != md5
+    if let Some(want) = &facts.sha256
+        && want != sha256
     {
-        return Err(mismatch("md5", &format!("{etag} (the object's ETag)"), md5));
+        let want = format!("{want} (the object's x-amz-checksum-sha256)");
+        return Err(mismatch("sha256", &want, sha256));
+    }
+    if job.expect.sha256.is_some() || job.expect.md5.is_some() || facts.sha256.is_some() {
+        return Ok(());
+    }
+    match plain_md5_etag(meta.e_tag.as_deref()) {
+        Some(etag) if facts.etag_may_be_md5() => {
+            if etag != md5 {
+                return Err(mismatch("md5", &format!("{etag} (the object's ETag)"), md5));
+            }
+        }
+        etag => info!(
+            etag_is_md5 = false,
+            encryption = facts.encryption.as_deref().unwrap_or("none"),
+            unverifiable = ?facts.unverifiable,
+            multipart = etag.is_none(),
+            "no checksum to check the image against: the message has none, and the object's ETag is not an MD5; only the size was checked"
+        ),
     }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! 2. [`router`] — task router: envelope → every `on_message` task for its type.
 //! 3. [`s3_carrier`] — the S3 carrier's `handle_new_firmware_message`: checks
 //!    and confines the message ([`firmware`], [`paths`]), journals it
-//!    ([`journal`]) and runs the job ([`job`]): resume, retry, verify.
+//!    ([`journal`]) and runs the job ([`job`]): resume, retry, verify, with
+//!    what S3's response headers add ([`s3_response`]).
 //! 4. [`writer`] — filesystem writer: staging, then image and pointer, each
 //!    atomically.
 //! 5. [`egress`] — MQTT egress: `confirm_receipt` and [`status`] messages.
@@ -26,6 +27,7 @@ pub mod mqtt;
 pub mod paths;
 pub mod router;
 pub mod s3_carrier;
+pub mod s3_response;
 pub mod scarecro_topics;
 pub mod service;
 pub mod signature;

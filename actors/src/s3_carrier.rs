@@ -1,10 +1,10 @@
 //! The S3 carrier and its one task function, `handle_new_firmware_message`.
 //!
 //! A `firmware_image` is checked and confined when it arrives, written to the
-//! job journal, and queued; `jobs.concurrency` workers take jobs from the
-//! bounded queue and run them ([`crate::job`]). A full queue holds the router,
-//! and so MQTT ingress, back. Jobs left unfinished by a previous run are
-//! queued first.
+//! job journal, and queued; a dispatcher takes jobs from the bounded queue in
+//! arrival order and runs up to `jobs.concurrency` of them at once
+//! ([`crate::job`]). A full queue holds the router, and so MQTT ingress, back.
+//! Jobs left unfinished by a previous run are queued first.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,15 +14,17 @@ use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture, Supervised, W
 use gator_ota_settings::{Bucket, S3Carrier};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
-use tokio::sync::{Mutex, mpsc};
+use object_store::{ClientOptions, HeaderMap, HeaderValue, ObjectStore, RetryConfig};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::firmware::{Defaults, FirmwareJob};
-use crate::job::Runner;
+use crate::job::{Runner, Slot};
 use crate::journal::{JobRecord, JobState};
 use crate::messages::RunTask;
 use crate::paths::Confinement;
+use crate::s3_response::{CHECKSUM_MODE, S3Connector};
 use crate::status::{Reason, State};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,9 @@ pub fn open_store(
             ))
         }
         Bucket::S3(bucket) => {
+            let (mode, enabled) = CHECKSUM_MODE;
+            let mut headers = HeaderMap::new();
+            headers.insert(mode, HeaderValue::from_static(enabled));
             let mut b = AmazonS3Builder::new()
                 .with_bucket_name(bucket)
                 .with_allow_http(carrier.allow_http)
@@ -71,8 +76,12 @@ pub fn open_store(
                     ClientOptions::new()
                         .with_connect_timeout(carrier.connect_timeout)
                         .with_timeout(carrier.timeout)
-                        .with_allow_http(carrier.allow_http),
+                        .with_allow_http(carrier.allow_http)
+                        .with_default_headers(headers),
                 )
+                // Keeps the response headers (encryption, checksums) and types
+                // the answers to ranged GETs; see `s3_response`.
+                .with_http_connector(S3Connector)
                 // Retries of whole jobs, with resume, are the job's business
                 // (`[jobs]`); the client only smooths over a single hiccup.
                 .with_retry(RetryConfig {
@@ -166,43 +175,56 @@ impl Actor for S3CarrierActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let (tx, rx) = mpsc::channel::<Queued>(self.queue_capacity);
-        let rx = Arc::new(Mutex::new(rx));
         // Jobs from the journal go first, before anything new: a new message
         // never overtakes an older one for the same files.
-        let resumed: Arc<std::sync::Mutex<VecDeque<Queued>>> = Arc::new(std::sync::Mutex::new(
-            std::mem::take(&mut self.resumed).into(),
-        ));
-        for _ in 0..self.concurrency {
-            let (rx, runner, resumed) = (rx.clone(), self.runner.clone(), resumed.clone());
-            // Spawned on the actor's context: they stop with the actor.
-            ctx.spawn(
-                async move {
-                    loop {
-                        let (rec, job, guards) = {
-                            let mut queue = rx.lock().await;
-                            let next = resumed
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .pop_front();
-                            let next = match next {
-                                Some(item) => Some(item),
-                                None => queue.recv().await,
-                            };
-                            let Some((rec, job)) = next else {
-                                break;
-                            };
-                            let guards = runner.acquire(&job).await;
-                            (rec, job, guards)
-                        };
-                        runner.run(rec, job, guards).await;
-                    }
-                }
-                .into_actor(self),
-            );
-        }
+        let resumed: VecDeque<Queued> = std::mem::take(&mut self.resumed).into();
+        let dispatch = dispatch(self.runner.clone(), rx, resumed, self.concurrency);
+        // On the actor's context: the jobs stop with the actor.
+        ctx.spawn(dispatch.into_actor(self));
         self.queue = Some(tx);
         info!(carrier = %self.name, workers = self.concurrency, "S3 carrier ready");
     }
+}
+
+/// Takes jobs in arrival order and runs each in its turn for its files
+/// ([`Runner::take_turn`]) on one of `concurrency` slots.
+///
+/// At most `concurrency` jobs taken from the queue wait (for their files or a
+/// slot), so a full queue still holds ingress back; a job waiting out a
+/// backoff waits without its slot, so jobs that keep failing, or whose store
+/// does not answer, never keep jobs for other files from running.
+async fn dispatch(
+    runner: Arc<Runner>,
+    mut queue: mpsc::Receiver<Queued>,
+    mut resumed: VecDeque<Queued>,
+    concurrency: usize,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let waiting = Arc::new(Semaphore::new(concurrency));
+    let mut jobs = JoinSet::new();
+    loop {
+        // Reap the ended ones (the build aborts on panic: nothing to report).
+        while jobs.try_join_next().is_some() {}
+        let Ok(waits) = waiting.clone().acquire_owned().await else {
+            break;
+        };
+        let next = match resumed.pop_front() {
+            Some(item) => Some(item),
+            None => queue.recv().await,
+        };
+        let Some((rec, job)) = next else {
+            break;
+        };
+        let mut turn = runner.take_turn(&job);
+        let (runner, slots) = (runner.clone(), slots.clone());
+        jobs.spawn_local(async move {
+            turn.wait().await;
+            let slot = Slot::take(slots).await;
+            drop(waits);
+            runner.run(rec, job, turn, slot).await;
+        });
+    }
+    while jobs.join_next().await.is_some() {}
 }
 
 impl Supervised for S3CarrierActor {}

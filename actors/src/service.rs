@@ -141,6 +141,7 @@ impl Service {
                     backoff_min: settings.jobs.backoff_min,
                     backoff_max: settings.jobs.backoff_max,
                     idle_timeout: settings.jobs.idle_timeout,
+                    header_timeout: s3.header_timeout,
                     reserve_bytes: settings.jobs.reserve_bytes,
                     keep_images: settings.jobs.keep_images,
                     progress_step: settings.jobs.progress_step,

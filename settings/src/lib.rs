@@ -249,7 +249,16 @@ pub struct S3Carrier {
     pub connect_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long a HEAD or GET may wait for its response headers. `timeout`
+    /// bounds a whole transfer (30 min); a store that accepts the request and
+    /// never answers must not hold a job, and a worker, that long.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
     pub max_bytes_per_second: u64,
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(20)
 }
 
 /// Where the S3 carrier's objects live.

@@ -375,6 +375,11 @@ fn values_that_cannot_work_are_refused() {
             "is 0",
         ),
         (
+            vec![(s3("HEADER_TIMEOUT"), "0s")],
+            "carriers.s3_firmware_ota.header_timeout",
+            "is 0",
+        ),
+        (
             vec![("GATOR_OTA__CARRIERS__MQTT__KEEP_ALIVE".into(), "20h")],
             "carriers.mqtt.keep_alive",
             "above MQTT's limit of 65535s",

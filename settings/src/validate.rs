@@ -397,6 +397,7 @@ fn validate_s3(key: &str, s: &S3Carrier) -> Result<(), E> {
     for (field, d) in [
         ("connect_timeout", s.connect_timeout),
         ("timeout", s.timeout),
+        ("header_timeout", s.header_timeout),
     ] {
         if d.is_zero() {
             return Err(E::invalid(

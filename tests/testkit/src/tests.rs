@@ -11,6 +11,7 @@ use object_store::{ObjectStoreExt, RetryConfig};
 use sha2::Sha256;
 
 use crate::*;
+use crate::{Action, Fault, S3Front, checksum_sha256};
 
 const RECV: Duration = Duration::from_secs(5);
 
@@ -106,14 +107,29 @@ fn tls_broker_serves_the_test_pki() {
 }
 
 fn client(server: &S3Server, bucket: &str, secret: &str) -> AmazonS3 {
+    client_at(&server.endpoint(), bucket, secret)
+}
+
+fn client_at(endpoint: &str, bucket: &str, secret: &str) -> AmazonS3 {
     // No retries: the tests below want the first failure, not minutes of
     // backoff against a stopped server.
     let retry = RetryConfig {
         max_retries: 0,
         ..RetryConfig::default()
     };
+    // Signed like gator-ota's own requests, checksum mode included.
+    let mut headers = object_store::HeaderMap::new();
+    headers.insert(
+        "x-amz-checksum-mode",
+        object_store::HeaderValue::from_static("ENABLED"),
+    );
     AmazonS3Builder::new()
-        .with_endpoint(server.endpoint())
+        .with_endpoint(endpoint)
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_allow_http(true)
+                .with_default_headers(headers),
+        )
         .with_allow_http(true)
         .with_bucket_name(bucket)
         .with_access_key_id(ACCESS_KEY)
@@ -323,4 +339,100 @@ async fn s3_stop_cuts_off_in_flight_download() {
 fn broker_startup_failure_reports_mosquitto_error() {
     // mosquitto names the offending line on stderr; the panic must carry it.
     Broker::start_with_config("bogus_option_for_the_testkit true");
+}
+
+#[tokio::test]
+async fn front_passes_signed_requests_through_untouched() {
+    let s3 = S3Server::start();
+    s3.create_bucket("firmware");
+    s3.put_object("firmware", "fw/a.bin", b"firmware bytes");
+    let front = S3Front::start(&s3);
+    let store = client_at(&front.endpoint(), "firmware", SECRET_KEY);
+    let path = ObjectPath::from("fw/a.bin");
+
+    let got = store.get(&path).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&got[..], b"firmware bytes");
+    let meta = store.head(&path).await.unwrap();
+    let md5 = to_hex(&Md5::digest(b"firmware bytes"));
+    assert_eq!(meta.e_tag.as_deref(), Some(format!("\"{md5}\"").as_str()));
+    let range = store.get_range(&path, 9..14).await.unwrap();
+    assert_eq!(&range[..], b"bytes");
+    assert_eq!(front.count("GET", "fw/a.bin"), 2);
+    assert_eq!(front.count("HEAD", "fw/a.bin"), 1);
+
+    // The signature still covers what the client sent.
+    let wrong = client_at(&front.endpoint(), "firmware", "not-the-secret");
+    assert!(wrong.head(&path).await.is_err());
+}
+
+#[tokio::test]
+async fn front_faults_do_what_they_say() {
+    use futures::StreamExt;
+
+    let s3 = S3Server::start();
+    s3.create_bucket("firmware");
+    let bytes = pseudo_random_bytes(100_000, 1);
+    s3.put_object("firmware", "fw/a.bin", &bytes);
+    let front = S3Front::start(&s3);
+    let store = client_at(&front.endpoint(), "firmware", SECRET_KEY);
+    let path = ObjectPath::from("fw/a.bin");
+    let key = "fw/a.bin";
+
+    let slow = front.add(Fault::head(key, Action::SlowDown).times(1));
+    assert!(store.head(&path).await.is_err(), "503 SlowDown");
+    assert!(store.head(&path).await.is_ok(), "only once");
+    assert_eq!(slow.hits(), 1);
+
+    front.add(Fault::get(key, Action::DelayHeaders(Duration::from_secs(30))).times(1));
+    let held = tokio::time::timeout(Duration::from_millis(300), store.get(&path)).await;
+    assert!(held.is_err(), "no answer while the headers are held");
+    front.clear();
+
+    front.add(Fault::get(key, Action::IgnoreRange).ranged());
+    let ranged = store.get_range(&path, 10..20).await;
+    assert!(
+        ranged.is_err(),
+        "a 200 to a Range is refused by object_store"
+    );
+    front.clear();
+
+    front.add(Fault::get(key, Action::ShortObject(1000)));
+    let mut body = store.get(&path).await.unwrap().into_stream();
+    let mut got = 0;
+    let mut cut = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got += c.len(),
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut && got == 1000, "cut at byte 1000, got {got}");
+    assert!(store.get_range(&path, 1000..2000).await.is_err(), "416");
+    front.clear();
+
+    front.add(Fault::get(key, Action::StallAfter(500)));
+    let mut body = store.get(&path).await.unwrap().into_stream();
+    let mut got = 0;
+    while let Ok(Some(Ok(c))) = tokio::time::timeout(Duration::from_millis(500), body.next()).await
+    {
+        got += c.len();
+    }
+    assert_eq!(got, 500, "stalled after 500 bytes");
+    front.clear();
+
+    let sha = Sha256::digest(&bytes);
+    front.add(Fault::any(key, Action::SseKms));
+    front.add(Fault::any(
+        key,
+        Action::ChecksumSha256(checksum_sha256(&sha.into())),
+    ));
+    let head = store.head(&path).await.unwrap();
+    let got = store.get(&path).await.unwrap();
+    let md5 = format!("\"{}\"", to_hex(&Md5::digest(&bytes)));
+    assert_ne!(head.e_tag.as_deref(), Some(md5.as_str()), "not the MD5");
+    assert_eq!(head.e_tag, got.meta.e_tag, "the same fake ETag each time");
+    assert_eq!(head.e_tag.as_ref().map(|t| t.len()), Some(34), "md5-like");
 }
