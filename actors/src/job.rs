@@ -501,13 +501,13 @@ impl Runner {
         };
         let size = object.meta.size;
         let from = start_of(job, pr, size).await;
-        let crc = crc_to_compute(&job.expect, &object.facts);
         if from > 0 {
             info!(offset = from, attempt, "resuming with a ranged GET");
         }
         if from == size {
             // Every byte is staged already (cut before the commit): only the
             // digests are missing.
+            let crc = crc_to_compute(&job.expect, &object.facts);
             let done = self.append(job, pr, from, size, crc, stream::empty().boxed());
             return match done.await {
                 Ok(done) => Ok((done, object)),
