@@ -1,6 +1,6 @@
 //! S3 misbehaving: answers that never come, 503 SlowDown, a Range header
 //! ignored, an object shorter than its HEAD says, SSE-KMS ETags and S3's own
-//! checksums. The gateway talks to the real S3 server through the testkit's
+//! checksums (SHA-256, CRC-32C, CRC-64/NVME). The gateway talks to the real S3 server through the testkit's
 //! fault-injecting front; each test ends in the state and reason an operator
 //! would expect, within bounds far below the carrier's `timeout`.
 
@@ -9,7 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gator_ota_testkit::{Action, Fault, S3Front, checksum_sha256, to_hex};
+use gator_ota_testkit::{
+    Action, Fault, S3Front, checksum_crc32c, checksum_crc64nvme, checksum_sha256,
+    pseudo_random_bytes, to_hex,
+};
 use serde_json::json;
 
 const KEY: &str = "fw/a.bin";
@@ -354,4 +357,105 @@ fn the_objects_own_sha256_is_checked_when_it_has_one() {
     assert!(!f.world.image("bad").exists());
     assert_eq!(std::fs::read_to_string(f.world.pointer()).unwrap(), "good");
     gw.wait_log("reason=CHECKSUM_MISMATCH");
+}
+
+/// Two SSE-KMS objects, so their ETags cannot vouch for the bytes, each
+/// with a checksum `rule` (the value made by `checksum`): `good`'s of its
+/// own bytes, `bad`'s of other bytes. The first is installed through that
+/// checksum; the second fails naming `header`, the expected and the
+/// computed value.
+fn own_crc_is_checked(rule: fn(String) -> Action, checksum: fn(&[u8]) -> String, header: &str) {
+    let f = Faulty::new();
+    let len = 100_000;
+    let (good_bytes, bad_bytes) = (pseudo_random_bytes(len, 11), pseudo_random_bytes(len, 12));
+    let good = f
+        .world
+        .s3
+        .put_random_object(BUCKET, "fw/good.bin", len as u64, 11);
+    f.world
+        .s3
+        .put_random_object(BUCKET, "fw/bad.bin", len as u64, 12);
+    let wrong = checksum(b"another image");
+    for (key, value) in [
+        ("fw/good.bin", checksum(&good_bytes)),
+        ("fw/bad.bin", wrong.clone()),
+    ] {
+        f.front.add(Fault::any(key, Action::SseKms));
+        f.front.add(Fault::any(key, rule(value)));
+    }
+    let gw = Gateway::start(f.env(3));
+    let statuses = f.statuses();
+
+    let (seen, _) = run(
+        &f,
+        &statuses,
+        &firmware_image("good", "good", "fw/good.bin"),
+    );
+    assert_installed(&seen);
+    assert_eq!(sha256_file(&f.world.image("good")), good);
+    gw.wait_line(&["the image matches the object's own checksum", header]);
+
+    let (seen, _) = run(&f, &statuses, &firmware_image("bad", "bad", "fw/bad.bin"));
+    let detail = assert_failed(&seen, "CHECKSUM_MISMATCH");
+    let name = header.trim_start_matches("x-amz-checksum-");
+    let got = checksum(&bad_bytes);
+    assert_eq!(
+        detail,
+        format!("{name} is {got}, expected {wrong} (the object's {header})")
+    );
+    assert!(!f.world.image("bad").exists());
+    assert_eq!(std::fs::read_to_string(f.world.pointer()).unwrap(), "good");
+}
+
+#[test]
+fn the_objects_own_crc32c_is_checked_when_it_has_one() {
+    own_crc_is_checked(
+        Action::ChecksumCrc32c,
+        checksum_crc32c,
+        "x-amz-checksum-crc32c",
+    );
+}
+
+#[test]
+fn the_objects_own_crc64nvme_is_checked_when_it_has_one() {
+    own_crc_is_checked(
+        Action::ChecksumCrc64Nvme,
+        checksum_crc64nvme,
+        "x-amz-checksum-crc64nvme",
+    );
+}
+
+#[test]
+fn a_crc64nvme_is_right_across_a_cut_and_a_ranged_resume() {
+    let f = Faulty::new();
+    let (len, seed) = (300_000, 13);
+    let sha = f.world.s3.put_random_object(BUCKET, KEY, len, seed);
+    let crc = checksum_crc64nvme(&pseudo_random_bytes(len as usize, seed));
+    f.front.add(Fault::any(KEY, Action::SseKms));
+    f.front.add(Fault::any(KEY, Action::ChecksumCrc64Nvme(crc)));
+    // The first transfer stalls and is cut by the idle timeout.
+    f.front
+        .add(Fault::get(KEY, Action::StallAfter(100_000)).times(1));
+    let gw = Gateway::start(f.env(5));
+    let statuses = f.statuses();
+
+    let (seen, _) = run(&f, &statuses, &firmware_image("crc-resume", "a", KEY));
+    assert_installed(&seen);
+    assert_eq!(sha256_file(&f.world.image("a")), sha);
+    gw.wait_log("resuming with a ranged GET");
+    gw.wait_line(&[
+        "the image matches the object's own checksum",
+        "x-amz-checksum-crc64nvme",
+    ]);
+    let ranges: Vec<_> = f
+        .front
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET")
+        .map(|s| s.range)
+        .collect();
+    assert!(
+        matches!(ranges.as_slice(), [None, Some(r)] if r.starts_with("bytes=100000-")),
+        "one GET from byte 0, then one from where it was cut: {ranges:?}"
+    );
 }

@@ -8,7 +8,8 @@
 //!    each waits at most `header_timeout` for its answer, and what fails
 //!    (a timeout, a 5xx, a cut) is retried up to `jobs.attempts` times.
 //! 3. The staged bytes are verified: size, then the message's sha256/md5 and
-//!    the object's own S3 SHA-256, or else the object's ETag when it is an MD5.
+//!    the object's own S3 SHA-256; without any of those the object's own
+//!    CRC-64/NVME or CRC-32C, or else its ETag when it is an MD5.
 //! 4. Image, then pointer, are committed; old images are pruned.
 //! 5. The journal moves to `installed`, the confirm_receipt goes out, and the
 //!    job is forgotten.
@@ -35,16 +36,16 @@ use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, Obj
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::firmware::FirmwareJob;
+use crate::firmware::{Expected, FirmwareJob};
 use crate::journal::{InstalledImage, JobRecord, JobState, Journal, PointerRecord};
 use crate::messages::{ByteStream, Publish, TransferError};
-use crate::s3_response::{ObjectFacts, RangeAnswer, range_answer};
+use crate::s3_response::{ObjectFacts, RangeAnswer, crc_base64, crc_header, range_answer};
 use crate::signature::{Keyring, parse_signature};
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
 use crate::writer::{
-    Append, Appended, Commit, Hashes, Remove, WriteError, free_space, hash_installed, open_staged,
-    staging_path,
+    Append, Appended, Commit, Crc, Digests, Hashes, Remove, WriteError, free_space, hash_installed,
+    open_staged, staging_path,
 };
 
 /// How jobs run; from `[jobs]` and the carrier's settings.
@@ -294,8 +295,8 @@ impl Runner {
         let (staged, Object { meta, facts }) = self.download(rec, job, &key, slot).await?;
         self.status
             .send(&job.msg_id, &job.file_name, State::Downloaded, None, None);
-        let (sha256, md5) = staged.hashes.finish();
-        if let Err(f) = verify(job, &meta, &facts, &sha256, &md5) {
+        let digests = staged.hashes.finish();
+        if let Err(f) = verify(&job.expect, &meta, &facts, &digests) {
             self.discard(job).await;
             return Err(f);
         }
@@ -316,6 +317,7 @@ impl Runner {
             warn!(error = %e, "cannot update the index of installed images");
         }
         self.commit(job, true).await?;
+        let Digests { sha256, md5, .. } = digests;
         info!(bytes = staged.written, %sha256, disk_path = %disk_path.display(), config_path = %job.config_path.full().display(), "installed");
         let image = InstalledImage {
             file_name: job.file_name.clone(),
@@ -505,7 +507,8 @@ impl Runner {
         if from == size {
             // Every byte is staged already (cut before the commit): only the
             // digests are missing.
-            let done = self.append(job, pr, from, size, stream::empty().boxed());
+            let crc = crc_to_compute(&job.expect, &object.facts);
+            let done = self.append(job, pr, from, size, crc, stream::empty().boxed());
             return match done.await {
                 Ok(done) => Ok((done, object)),
                 Err(Step::Retry(..)) if from > 0 => {
@@ -529,6 +532,9 @@ impl Runner {
         if let Some(known) = &mut pr.object {
             known.facts.merge(facts);
         }
+        // Decided before the body streams: a GET may add a checksum its HEAD
+        // did not show.
+        let crc = crc_to_compute(&job.expect, &object.facts);
         if from == 0 {
             self.status.send(
                 &job.msg_id,
@@ -540,7 +546,7 @@ impl Runner {
             info!(bytes = size, "downloading");
         }
         let body = meter(got.into_stream(), self.meter(job, from, size));
-        let done = self.append(job, pr, from, size, body).await?;
+        let done = self.append(job, pr, from, size, crc, body).await?;
         Ok((done, object))
     }
 
@@ -693,19 +699,22 @@ impl Runner {
         }
     }
 
-    /// Streams `body` into the staging file after its first `from` bytes.
+    /// Streams `body` into the staging file after its first `from` bytes,
+    /// computing `crc` besides the SHA-256 and MD5.
     async fn append(
         &self,
         job: &FirmwareJob,
         pr: &mut Progress,
         from: u64,
         size: u64,
+        crc: Option<Crc>,
         body: ByteStream,
     ) -> Result<Appended, Step> {
         let append = Append {
             image: job.disk_path.clone(),
             offset: from,
             hashes: pr.hashes.take(),
+            crc,
             body,
             total: size,
         };
@@ -1013,28 +1022,39 @@ async fn start_of(job: &FirmwareJob, pr: &mut Progress, size: u64) -> u64 {
     from
 }
 
-/// Size is checked by the writer; here the content: the message's checksums,
-/// the object's own SHA-256, and without either the ETag when it can be an
-/// MD5 (see [`ObjectFacts::etag_may_be_md5`]).
+/// Whether the message or the object has a SHA-256 or MD5 the staged bytes
+/// are checked against: then nothing less trusted is consulted.
+fn digest_vouches(expect: &Expected, facts: &ObjectFacts) -> bool {
+    expect.sha256.is_some() || expect.md5.is_some() || facts.sha256.is_some()
+}
+
+/// The object's own CRC a download computes while it stages the bytes:
+/// only when no SHA-256 or MD5 vouches for them, so an ordinary download
+/// pays nothing for it. [`verify`] checks the same one.
+fn crc_to_compute(expect: &Expected, facts: &ObjectFacts) -> Option<Crc> {
+    if digest_vouches(expect, facts) {
+        return None;
+    }
+    facts.crc().map(|(crc, _)| crc)
+}
+
+/// Size is checked by the writer; here the content, by the most trusted
+/// checksum at hand: the message's sha256/md5 and the object's own SHA-256;
+/// without either the object's CRC-64/NVME or CRC-32C; and without those
+/// the ETag when it can be an MD5 (see [`ObjectFacts::etag_may_be_md5`]).
 fn verify(
-    job: &FirmwareJob,
+    expect: &Expected,
     meta: &ObjectMeta,
     facts: &ObjectFacts,
-    sha256: &str,
-    md5: &str,
+    digests: &Digests,
 ) -> Result<(), Failure> {
-    let mismatch = |what: &str, want: &str, got: &str| {
-        Failure::new(
-            Reason::ChecksumMismatch,
-            format!("{what} is {got}, expected {want}"),
-        )
-    };
-    if let Some(want) = &job.expect.sha256
+    let (sha256, md5) = (digests.sha256.as_str(), digests.md5.as_str());
+    if let Some(want) = &expect.sha256
         && want != sha256
     {
         return Err(mismatch("sha256", want, sha256));
     }
-    if let Some(want) = &job.expect.md5
+    if let Some(want) = &expect.md5
         && want != md5
     {
         return Err(mismatch("md5", want, md5));
@@ -1045,8 +1065,11 @@ fn verify(
         let want = format!("{want} (the object's x-amz-checksum-sha256)");
         return Err(mismatch("sha256", &want, sha256));
     }
-    if job.expect.sha256.is_some() || job.expect.md5.is_some() || facts.sha256.is_some() {
+    if digest_vouches(expect, facts) {
         return Ok(());
+    }
+    if let Some((crc, want)) = facts.crc() {
+        return check_crc(crc, want, digests.crc);
     }
     match plain_md5_etag(meta.e_tag.as_deref()) {
         Some(etag) if facts.etag_may_be_md5() => {
@@ -1062,6 +1085,36 @@ fn verify(
             "no checksum to check the image against: the message has none, and the object's ETag is not an MD5; only the size was checked"
         ),
     }
+    Ok(())
+}
+
+fn mismatch(what: &str, want: &str, got: &str) -> Failure {
+    Failure::new(
+        Reason::ChecksumMismatch,
+        format!("{what} is {got}, expected {want}"),
+    )
+}
+
+/// The staged bytes' `crc` against the object's own, both shown as S3 shows
+/// them (base64).
+fn check_crc(crc: Crc, want: u64, got: Option<(Crc, u64)>) -> Result<(), Failure> {
+    let header = crc_header(crc);
+    let Some((_, got)) = got.filter(|(computed, _)| *computed == crc) else {
+        // The download computes the CRC `verify` asks for (`crc_to_compute`):
+        // this is a bug, and never passes as verified.
+        return Err(Failure::new(
+            Reason::Internal,
+            format!("the object has {header}, but the download did not compute its {crc}"),
+        ));
+    };
+    if got != want {
+        let want = format!("{} (the object's {header})", crc_base64(crc, want));
+        return Err(mismatch(&crc.to_string(), &want, &crc_base64(crc, got)));
+    }
+    info!(
+        checksum = header,
+        "the image matches the object's own checksum"
+    );
     Ok(())
 }
 
@@ -1206,6 +1259,121 @@ mod tests {
         );
         assert_eq!(plain_md5_etag(Some("W/\"abc\"")), None);
         assert_eq!(plain_md5_etag(None), None);
+    }
+
+    const CRC64: u64 = 0xAE8B_1486_0A79_9888;
+
+    fn meta(e_tag: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            location: ObjectPath::from("fw/a.bin"),
+            last_modified: chrono::DateTime::UNIX_EPOCH,
+            size: 9,
+            e_tag: e_tag.map(str::to_string),
+            version: None,
+        }
+    }
+
+    fn digests(crc: Option<(Crc, u64)>) -> Digests {
+        Digests {
+            sha256: "5a".repeat(32),
+            md5: "5eb63bbbe01eeed093cb22bb8f5acdc3".into(),
+            crc,
+        }
+    }
+
+    fn crc64(value: u64) -> ObjectFacts {
+        ObjectFacts {
+            crc64nvme: Some(value),
+            crc32c: Some(1),
+            ..ObjectFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_crc_is_computed_only_when_no_digest_vouches_for_the_bytes() {
+        let none = Expected::default();
+        assert_eq!(crc_to_compute(&none, &crc64(CRC64)), Some(Crc::Crc64Nvme));
+        let only_crc32c = ObjectFacts {
+            crc32c: Some(1),
+            ..ObjectFacts::default()
+        };
+        assert_eq!(crc_to_compute(&none, &only_crc32c), Some(Crc::Crc32c));
+        assert_eq!(crc_to_compute(&none, &ObjectFacts::default()), None);
+        let sha = Expected {
+            sha256: Some("5a".repeat(32)),
+            ..Expected::default()
+        };
+        assert_eq!(crc_to_compute(&sha, &crc64(CRC64)), None);
+        let md5 = Expected {
+            md5: Some("5eb63bbbe01eeed093cb22bb8f5acdc3".into()),
+            ..Expected::default()
+        };
+        assert_eq!(crc_to_compute(&md5, &crc64(CRC64)), None);
+        let s3_sha = ObjectFacts {
+            sha256: Some("5a".repeat(32)),
+            ..crc64(CRC64)
+        };
+        assert_eq!(crc_to_compute(&none, &s3_sha), None);
+    }
+
+    #[test]
+    fn the_objects_crc_is_checked_and_a_mismatch_names_the_header() {
+        let none = Expected::default();
+        let right = digests(Some((Crc::Crc64Nvme, CRC64)));
+        // The CRC decides: a plain-MD5 ETag that does not match is not consulted.
+        let etag = meta(Some("\"00000000000000000000000000000000\""));
+        assert!(verify(&none, &etag, &crc64(CRC64), &right).is_ok());
+        let wrong = verify(&none, &etag, &crc64(CRC64 ^ 1), &right).unwrap_err();
+        assert_eq!(wrong.reason, Reason::ChecksumMismatch);
+        assert_eq!(
+            wrong.detail,
+            "crc64nvme is rosUhgp5mIg=, expected rosUhgp5mIk= (the object's x-amz-checksum-crc64nvme)"
+        );
+        let crc32c = ObjectFacts {
+            crc32c: Some(0xE306_9283),
+            ..ObjectFacts::default()
+        };
+        let got = digests(Some((Crc::Crc32c, 0)));
+        let wrong = verify(&none, &meta(None), &crc32c, &got).unwrap_err();
+        assert_eq!(
+            wrong.detail,
+            "crc32c is AAAAAA==, expected 4waSgw== (the object's x-amz-checksum-crc32c)"
+        );
+    }
+
+    #[test]
+    fn a_crc_not_computed_never_passes() {
+        let f = verify(
+            &Expected::default(),
+            &meta(None),
+            &crc64(CRC64),
+            &digests(Some((Crc::Crc32c, 1))),
+        )
+        .unwrap_err();
+        assert_eq!(f.reason, Reason::Internal, "{}", f.detail);
+    }
+
+    #[test]
+    fn a_sha256_outranks_the_crc() {
+        let sha = Expected {
+            sha256: Some("5a".repeat(32)),
+            ..Expected::default()
+        };
+        // No CRC computed, and the object's (wrong) one is not consulted.
+        assert!(verify(&sha, &meta(None), &crc64(1), &digests(None)).is_ok());
+        let s3_sha = ObjectFacts {
+            sha256: Some("5a".repeat(32)),
+            ..crc64(1)
+        };
+        let none = Expected::default();
+        assert!(verify(&none, &meta(None), &s3_sha, &digests(None)).is_ok());
+        let bad_sha = ObjectFacts {
+            sha256: Some("00".repeat(32)),
+            ..crc64(CRC64)
+        };
+        let right_crc = digests(Some((Crc::Crc64Nvme, CRC64)));
+        let f = verify(&none, &meta(None), &bad_sha, &right_crc).unwrap_err();
+        assert!(f.detail.contains("x-amz-checksum-sha256"), "{}", f.detail);
     }
 
     #[test]

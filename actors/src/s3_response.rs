@@ -22,6 +22,8 @@ use object_store::client::{
 };
 use object_store::{ClientOptions, GetResult, HeaderMap};
 
+use crate::writer::Crc;
+
 /// Asked on every request: without it S3 sends no `x-amz-checksum-*`.
 /// Set as a default header, so it is signed with the request.
 pub const CHECKSUM_MODE: (&str, &str) = ("x-amz-checksum-mode", "ENABLED");
@@ -30,13 +32,11 @@ const SSE: &str = "x-amz-server-side-encryption";
 const SSE_C: &str = "x-amz-server-side-encryption-customer-algorithm";
 const CHECKSUM_TYPE: &str = "x-amz-checksum-type";
 const SHA256: &str = "x-amz-checksum-sha256";
-/// Checksums S3 may hold that this service cannot compute while streaming.
-const OTHER_CHECKSUMS: [&str; 4] = [
-    "x-amz-checksum-crc32c",
-    "x-amz-checksum-crc64nvme",
-    "x-amz-checksum-crc32",
-    "x-amz-checksum-sha1",
-];
+const CRC64NVME: &str = "x-amz-checksum-crc64nvme";
+const CRC32C: &str = "x-amz-checksum-crc32c";
+/// Checksums S3 may hold that this service does not compute: older SDKs'
+/// defaults, rarer than the ones above.
+const OTHER_CHECKSUMS: [&str; 2] = ["x-amz-checksum-crc32", "x-amz-checksum-sha1"];
 
 /// What the response headers say about the object's bytes. Empty for stores
 /// that are not S3 (a `file://` bucket), where the ETag's form decides.
@@ -48,6 +48,11 @@ pub struct ObjectFacts {
     pub customer_key: bool,
     /// The object's full-object SHA-256 (`x-amz-checksum-sha256`), as hex.
     pub sha256: Option<String>,
+    /// The object's full-object CRC-64/NVME (`x-amz-checksum-crc64nvme`),
+    /// S3's default for new uploads.
+    pub crc64nvme: Option<u64>,
+    /// The object's full-object CRC-32C (`x-amz-checksum-crc32c`).
+    pub crc32c: Option<u32>,
     /// Other full-object checksums the object has, by header name.
     pub unverifiable: Vec<&'static str>,
 }
@@ -72,11 +77,26 @@ impl ObjectFacts {
             encryption: text(SSE).map(str::to_string),
             customer_key: headers.contains_key(SSE_C),
             sha256: whole(SHA256).and_then(sha256_hex),
+            crc64nvme: whole(CRC64NVME)
+                .and_then(decode::<8>)
+                .map(u64::from_be_bytes),
+            crc32c: whole(CRC32C).and_then(decode::<4>).map(u32::from_be_bytes),
             unverifiable: OTHER_CHECKSUMS
                 .into_iter()
                 .filter(|name| whole(name).is_some())
                 .collect(),
         }
+    }
+
+    /// The object's own CRC to check the bytes against, and its value: the
+    /// CRC-64/NVME when it has one, else the CRC-32C. A CRC catches a
+    /// corrupted transfer or disk; it is no defence against a forged object
+    /// (anyone can make bytes with a given CRC), which is what a SHA-256 in
+    /// the message or on the object, or a signature, is for.
+    pub fn crc(&self) -> Option<(Crc, u64)> {
+        self.crc64nvme
+            .map(|v| (Crc::Crc64Nvme, v))
+            .or(self.crc32c.map(|v| (Crc::Crc32c, u64::from(v))))
     }
 
     /// True unless the encryption makes the ETag something other than an
@@ -95,6 +115,8 @@ impl ObjectFacts {
         if self.sha256.is_none() {
             self.sha256 = later.sha256;
         }
+        self.crc64nvme = self.crc64nvme.or(later.crc64nvme);
+        self.crc32c = self.crc32c.or(later.crc32c);
         for name in later.unverifiable {
             if !self.unverifiable.contains(&name) {
                 self.unverifiable.push(name);
@@ -105,8 +127,30 @@ impl ObjectFacts {
 
 /// A base64 SHA-256 as lowercase hex; `None` if it is not one.
 fn sha256_hex(b64: &str) -> Option<String> {
-    let bytes = B64.decode(b64.trim()).ok()?;
-    (bytes.len() == 32).then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
+    decode::<32>(b64).map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The `N` bytes of a base64 checksum (big-endian for a CRC); `None` if it
+/// is not base64 or not `N` bytes long.
+fn decode<const N: usize>(b64: &str) -> Option<[u8; N]> {
+    B64.decode(b64.trim()).ok()?.try_into().ok()
+}
+
+/// The header S3 sends `crc` in.
+pub fn crc_header(crc: Crc) -> &'static str {
+    match crc {
+        Crc::Crc64Nvme => CRC64NVME,
+        Crc::Crc32c => CRC32C,
+    }
+}
+
+/// `value` as S3 writes it in [`crc_header`]: base64 of its big-endian bytes.
+pub fn crc_base64(crc: Crc, value: u64) -> String {
+    match crc {
+        Crc::Crc64Nvme => B64.encode(value.to_be_bytes()),
+        // A CRC-32C is 32 bits wide: the upper half is zero.
+        Crc::Crc32c => B64.encode((value as u32).to_be_bytes()),
+    }
 }
 
 /// How the store answered a GET with a `Range` header, when not with the
@@ -214,7 +258,10 @@ mod tests {
             ("x-amz-checksum-crc64nvme", "AAAAAAAAAAA="),
         ]));
         assert_eq!(f.sha256.as_deref(), Some(HELLO_HEX));
-        assert_eq!(f.unverifiable, vec!["x-amz-checksum-crc64nvme"]);
+        assert_eq!(f.crc64nvme, Some(0));
+        assert_eq!(f.unverifiable, Vec::<&str>::new());
+        let other = ObjectFacts::from_headers(&headers(&[("x-amz-checksum-crc32", "AAAAAA==")]));
+        assert_eq!(other.unverifiable, vec!["x-amz-checksum-crc32"]);
 
         let composite = ObjectFacts::from_headers(&headers(&[
             (SHA256, HELLO_B64),
@@ -225,6 +272,79 @@ mod tests {
         assert_eq!(parts.sha256, None);
         let garbage = ObjectFacts::from_headers(&headers(&[(SHA256, "not base64")]));
         assert_eq!(garbage.sha256, None);
+    }
+
+    // CRC-32C and CRC-64/NVME of "123456789" (the catalogue's check
+    // values), base64 of their big-endian bytes as S3 sends them.
+    const CHECK_CRC32C: u32 = 0xE306_9283;
+    const CHECK_CRC32C_B64: &str = "4waSgw==";
+    const CHECK_CRC64NVME: u64 = 0xAE8B_1486_0A79_9888;
+    const CHECK_CRC64NVME_B64: &str = "rosUhgp5mIg=";
+
+    #[test]
+    fn crc_checksums_are_decoded_big_endian() {
+        let f = ObjectFacts::from_headers(&headers(&[
+            (CRC32C, CHECK_CRC32C_B64),
+            (CRC64NVME, CHECK_CRC64NVME_B64),
+        ]));
+        assert_eq!(f.crc32c, Some(CHECK_CRC32C));
+        assert_eq!(f.crc64nvme, Some(CHECK_CRC64NVME));
+        assert_eq!(
+            crc_base64(Crc::Crc32c, CHECK_CRC32C.into()),
+            CHECK_CRC32C_B64
+        );
+        assert_eq!(
+            crc_base64(Crc::Crc64Nvme, CHECK_CRC64NVME),
+            CHECK_CRC64NVME_B64
+        );
+    }
+
+    #[test]
+    fn the_crc64nvme_is_preferred_to_the_crc32c() {
+        let both = ObjectFacts::from_headers(&headers(&[
+            (CRC32C, CHECK_CRC32C_B64),
+            (CRC64NVME, CHECK_CRC64NVME_B64),
+        ]));
+        assert_eq!(both.crc(), Some((Crc::Crc64Nvme, CHECK_CRC64NVME)));
+        let crc32c = ObjectFacts::from_headers(&headers(&[(CRC32C, CHECK_CRC32C_B64)]));
+        assert_eq!(crc32c.crc(), Some((Crc::Crc32c, u64::from(CHECK_CRC32C))));
+        assert_eq!(ObjectFacts::default().crc(), None);
+    }
+
+    #[test]
+    fn composite_and_malformed_crcs_are_not_taken_for_full_object_ones() {
+        let composite = ObjectFacts::from_headers(&headers(&[
+            (CRC32C, CHECK_CRC32C_B64),
+            (CHECKSUM_TYPE, "COMPOSITE"),
+        ]));
+        assert_eq!(composite.crc(), None);
+        let parts =
+            ObjectFacts::from_headers(&headers(&[(CRC32C, &format!("{CHECK_CRC32C_B64}-4"))]));
+        assert_eq!(parts.crc(), None);
+        // A CRC-32C's 4 bytes where a CRC-64's 8 belong, and the reverse.
+        let swapped = ObjectFacts::from_headers(&headers(&[
+            (CRC64NVME, CHECK_CRC32C_B64),
+            (CRC32C, CHECK_CRC64NVME_B64),
+        ]));
+        assert_eq!(swapped.crc(), None);
+        let garbage = ObjectFacts::from_headers(&headers(&[(CRC64NVME, "not base64!")]));
+        assert_eq!(garbage.crc(), None);
+    }
+
+    #[test]
+    fn a_later_answer_adds_the_crc_its_head_did_not_show() {
+        let mut f = ObjectFacts::from_headers(&headers(&[]));
+        f.merge(ObjectFacts::from_headers(&headers(&[(
+            CRC64NVME,
+            CHECK_CRC64NVME_B64,
+        )])));
+        assert_eq!(f.crc64nvme, Some(CHECK_CRC64NVME));
+        // What the first answer said stands.
+        f.merge(ObjectFacts::from_headers(&headers(&[(
+            CRC64NVME,
+            "AAAAAAAAAAA=",
+        )])));
+        assert_eq!(f.crc64nvme, Some(CHECK_CRC64NVME));
     }
 
     #[test]

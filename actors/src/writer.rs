@@ -85,11 +85,42 @@ impl WriteError {
     }
 }
 
-/// Running digests over the bytes staged so far.
+/// A CRC an S3 object may carry as its own checksum, computed while the
+/// image is staged only when the job asks for it (see [`Append::crc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crc {
+    /// CRC-64/NVME: S3's default for new uploads.
+    Crc64Nvme,
+    /// CRC-32C (CRC-32/ISCSI).
+    Crc32c,
+}
+
+impl Crc {
+    fn digest(self) -> crc_fast::Digest {
+        crc_fast::Digest::new(match self {
+            Crc::Crc64Nvme => crc_fast::CrcAlgorithm::Crc64Nvme,
+            Crc::Crc32c => crc_fast::CrcAlgorithm::Crc32Iscsi,
+        })
+    }
+}
+
+impl std::fmt::Display for Crc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Crc::Crc64Nvme => "crc64nvme",
+            Crc::Crc32c => "crc32c",
+        })
+    }
+}
+
+/// Running digests over the bytes staged so far. The SHA-256 and MD5 always
+/// (the index of installed images keeps them); a CRC only when asked for,
+/// so an ordinary download pays nothing for it.
 #[derive(Clone, Default)]
 pub struct Hashes {
     sha256: Sha256,
     md5: Md5,
+    crc: Option<(Crc, crc_fast::Digest)>,
 }
 
 impl std::fmt::Debug for Hashes {
@@ -98,15 +129,45 @@ impl std::fmt::Debug for Hashes {
     }
 }
 
+/// What [`Hashes`] add up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// Lowercase hex.
+    pub sha256: String,
+    /// Lowercase hex.
+    pub md5: String,
+    /// The CRC asked for, if one was.
+    pub crc: Option<(Crc, u64)>,
+}
+
 impl Hashes {
+    /// Digests of no bytes yet, with `crc` computed too when given.
+    pub fn new(crc: Option<Crc>) -> Self {
+        Self {
+            crc: crc.map(|c| (c, c.digest())),
+            ..Self::default()
+        }
+    }
+
+    /// True when these digests include `crc` (or none is wanted).
+    fn computes(&self, crc: Option<Crc>) -> bool {
+        crc.is_none_or(|want| self.crc.is_some_and(|(have, _)| have == want))
+    }
+
     fn update(&mut self, bytes: &[u8]) {
         self.sha256.update(bytes);
         self.md5.update(bytes);
+        if let Some((_, digest)) = &mut self.crc {
+            digest.update(bytes);
+        }
     }
 
-    /// Lowercase hex of (sha256, md5).
-    pub fn finish(self) -> (String, String) {
-        (hex(&self.sha256.finalize()), hex(&self.md5.finalize()))
+    pub fn finish(self) -> Digests {
+        Digests {
+            sha256: hex(&self.sha256.finalize()),
+            md5: hex(&self.md5.finalize()),
+            crc: self.crc.map(|(c, digest)| (c, digest.finalize())),
+        }
     }
 }
 
@@ -119,13 +180,17 @@ pub struct Appended {
 
 /// Stream `body` into the staging file of `image`, after its first `offset`
 /// bytes. `hashes` covers those bytes when the caller still has it; otherwise
-/// they are read back and hashed (a resume after a restart).
+/// (a resume after a restart, or `hashes` lacks the `crc` now asked for)
+/// they are read back and hashed.
 #[derive(Message)]
 #[rtype(result = "Result<Appended, WriteError>")]
 pub struct Append {
     pub image: ConfinedPath,
     pub offset: u64,
     pub hashes: Option<Hashes>,
+    /// A CRC to compute besides the SHA-256 and MD5: the one the object
+    /// carries, when nothing more trusted vouches for its bytes.
+    pub crc: Option<Crc>,
     pub body: ByteStream,
     /// The object's full length: more is an error.
     pub total: u64,
@@ -194,12 +259,14 @@ impl Handler<Append> for FsWriter {
             image,
             offset,
             hashes,
+            crc,
             mut body,
             total,
         } = msg;
+        let hashes = hashes.filter(|h| h.computes(crc));
         Box::pin(async move {
             let disk = tokio::task::spawn_blocking(move || {
-                append_blocking(&image, offset, hashes, total, rx, &staged)
+                append_blocking(&image, offset, hashes, crc, total, rx, &staged)
             });
             let mut failure = None;
             while let Some(chunk) = body.next().await {
@@ -273,10 +340,12 @@ fn staging_name(image: &ConfinedPath) -> OsString {
     format!("{TEMP_PREFIX}{}.part", &hex(&digest)[..16]).into()
 }
 
+/// `hashes`, when given, covers the first `offset` bytes and computes `crc`.
 fn append_blocking(
     image: &ConfinedPath,
     offset: u64,
     hashes: Option<Hashes>,
+    crc: Option<Crc>,
     total: u64,
     mut rx: mpsc::Receiver<Chunk>,
     staged: &Staged,
@@ -293,14 +362,14 @@ fn append_blocking(
         return Err(WriteError::Transfer {
             progress: Box::new(Appended {
                 written: 0,
-                hashes: Hashes::default(),
+                hashes: Hashes::new(crc),
             }),
             source: TransferError::Stopped,
         });
     }
     let mut hashes = match hashes {
         Some(h) => h,
-        None => rehash(&mut file, offset).map_err(WriteError::io(&path))?,
+        None => rehash(&mut file, offset, crc).map_err(WriteError::io(&path))?,
     };
     file.set_len(offset).map_err(WriteError::io(&path))?;
     file.seek(SeekFrom::Start(offset))
@@ -465,7 +534,7 @@ pub fn hash_installed(image: &ConfinedPath) -> io::Result<(u64, String, String)>
     let dir = image.open_parent(false)?;
     let mut file = open_regular(&dir, image.file_name())?;
     let len = file.metadata()?.len();
-    let (sha256, md5) = rehash(&mut file, len)?.finish();
+    let Digests { sha256, md5, .. } = rehash(&mut file, len, None)?.finish();
     Ok((len, sha256, md5))
 }
 
@@ -486,8 +555,8 @@ fn open_regular(dir: &DirHandle, name: &OsStr) -> io::Result<File> {
     Ok(file)
 }
 
-fn rehash(file: &mut File, len: u64) -> io::Result<Hashes> {
-    let mut hashes = Hashes::default();
+fn rehash(file: &mut File, len: u64, crc: Option<Crc>) -> io::Result<Hashes> {
+    let mut hashes = Hashes::new(crc);
     file.seek(SeekFrom::Start(0))?;
     let mut reader = file.take(len);
     let mut buf = vec![0u8; 256 * 1024];
@@ -659,6 +728,7 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
+                crc: None,
                 body: body(vec![
                     Ok(Bytes::from_static(b"hello ")),
                     Ok(Bytes::from_static(b"world")),
@@ -669,9 +739,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(staged.written, 11);
-        let (sha, md5) = staged.hashes.finish();
-        assert_eq!(sha, hex(&Sha256::digest(b"hello world")));
-        assert_eq!(md5, "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        let digests = staged.hashes.finish();
+        assert_eq!(digests.sha256, hex(&Sha256::digest(b"hello world")));
+        assert_eq!(digests.md5, "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        assert_eq!(digests.crc, None, "no CRC unless asked for");
         assert!(
             !image.full().exists(),
             "nothing at the destination before commit"
@@ -701,6 +772,7 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
+                crc: None,
                 body: body(vec![
                     Ok(Bytes::from_static(b"hello ")),
                     Err(TransferError::Idle(std::time::Duration::from_secs(1))),
@@ -720,14 +792,110 @@ mod tests {
                 image: image.clone(),
                 offset: 6,
                 hashes: None,
+                crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
             })
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(done.hashes.finish().0, hex(&Sha256::digest(b"hello world")));
+        assert_eq!(
+            done.hashes.finish().sha256,
+            hex(&Sha256::digest(b"hello world"))
+        );
         assert!(!image.full().exists());
+    }
+
+    // The catalogue's check values: the CRC of "123456789".
+    const CHECK: &[u8] = b"123456789";
+    const CHECK_CRC32C: u64 = 0xE306_9283;
+    const CHECK_CRC64NVME: u64 = 0xAE8B_1486_0A79_9888;
+
+    #[test]
+    fn crcs_match_the_catalogue_check_values_over_any_split() {
+        for (crc, want) in [
+            (Crc::Crc32c, CHECK_CRC32C),
+            (Crc::Crc64Nvme, CHECK_CRC64NVME),
+        ] {
+            for split in 0..=CHECK.len() {
+                let mut h = Hashes::new(Some(crc));
+                h.update(&CHECK[..split]);
+                h.update(&CHECK[split..]);
+                assert_eq!(h.finish().crc, Some((crc, want)), "{crc} split at {split}");
+            }
+        }
+        assert_eq!(Hashes::new(None).finish().crc, None);
+    }
+
+    /// Stages "1234", cut before the rest of [`CHECK`]; the progress made.
+    async fn cut_check(
+        w: &actix::Addr<FsWriter>,
+        image: &ConfinedPath,
+        crc: Option<Crc>,
+    ) -> Hashes {
+        let err = w
+            .send(Append {
+                image: image.clone(),
+                offset: 0,
+                hashes: None,
+                crc,
+                body: body(vec![
+                    Ok(Bytes::from_static(&CHECK[..4])),
+                    Err(TransferError::Stopped),
+                ]),
+                total: CHECK.len() as u64,
+            })
+            .await
+            .unwrap()
+            .unwrap_err();
+        let WriteError::Transfer { progress, .. } = err else {
+            panic!("{err}")
+        };
+        assert_eq!(progress.written, 4);
+        progress.hashes
+    }
+
+    async fn resume_check(
+        w: &actix::Addr<FsWriter>,
+        image: &ConfinedPath,
+        hashes: Option<Hashes>,
+        crc: Option<Crc>,
+    ) -> Digests {
+        w.send(Append {
+            image: image.clone(),
+            offset: 4,
+            hashes,
+            crc,
+            body: body(vec![Ok(Bytes::from_static(&CHECK[4..]))]),
+            total: CHECK.len() as u64,
+        })
+        .await
+        .unwrap()
+        .unwrap()
+        .hashes
+        .finish()
+    }
+
+    #[actix_rt::test]
+    async fn a_crc_survives_a_resume_carried_or_read_back() {
+        let (_d, c, w) = setup();
+        let image = c.resolve("disk_path", "a.bin").unwrap();
+        let want = Some((Crc::Crc64Nvme, CHECK_CRC64NVME));
+        // Carried in memory from the cut attempt.
+        let carried = cut_check(&w, &image, Some(Crc::Crc64Nvme)).await;
+        let done = resume_check(&w, &image, Some(carried), Some(Crc::Crc64Nvme)).await;
+        assert_eq!(done.crc, want);
+        // Read back from the staged bytes, as after a restart.
+        cut_check(&w, &image, Some(Crc::Crc64Nvme)).await;
+        let done = resume_check(&w, &image, None, Some(Crc::Crc64Nvme)).await;
+        assert_eq!(done.crc, want);
+        assert_eq!(done.sha256, hex(&Sha256::digest(CHECK)));
+        // Carried, but without the CRC the resume now asks for (it was
+        // advertised only later): read back too.
+        let without = cut_check(&w, &image, None).await;
+        let done = resume_check(&w, &image, Some(without), Some(Crc::Crc32c)).await;
+        assert_eq!(done.crc, Some((Crc::Crc32c, CHECK_CRC32C)));
+        assert_eq!(done.sha256, hex(&Sha256::digest(CHECK)));
     }
 
     #[actix_rt::test]
@@ -740,6 +908,7 @@ mod tests {
                 image: image.clone(),
                 offset: 6,
                 hashes: None,
+                crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
             })
@@ -762,6 +931,7 @@ mod tests {
                 image,
                 offset: 0,
                 hashes: None,
+                crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"too long"))]),
                 total: 3,
             })
@@ -776,6 +946,7 @@ mod tests {
             image: image.clone(),
             offset: 0,
             hashes: None,
+            crc: None,
             body: body(vec![Ok(Bytes::from_static(bytes))]),
             total: bytes.len() as u64,
         })

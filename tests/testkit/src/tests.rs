@@ -11,7 +11,7 @@ use object_store::{ObjectStoreExt, RetryConfig};
 use sha2::Sha256;
 
 use crate::*;
-use crate::{Action, Fault, S3Front, checksum_sha256};
+use crate::{Action, Fault, S3Front, checksum_crc32c, checksum_crc64nvme, checksum_sha256};
 
 const RECV: Duration = Duration::from_secs(5);
 
@@ -363,6 +363,17 @@ async fn front_passes_signed_requests_through_untouched() {
     // The signature still covers what the client sent.
     let wrong = client_at(&front.endpoint(), "firmware", "not-the-secret");
     assert!(wrong.head(&path).await.is_err());
+}
+
+#[test]
+fn crc_checksums_are_the_catalogues_in_s3_encoding() {
+    // CRC-32C("123456789") = 0xE3069283, CRC-64/NVME = 0xAE8B14860A799888,
+    // base64 of their big-endian bytes.
+    assert_eq!(checksum_crc32c(b"123456789"), "4waSgw==");
+    assert_eq!(checksum_crc64nvme(b"123456789"), "rosUhgp5mIg=");
+    // Of no bytes: zero for both (all-ones init and final xor).
+    assert_eq!(checksum_crc32c(b""), "AAAAAA==");
+    assert_eq!(checksum_crc64nvme(b""), "AAAAAAAAAAA=");
 }
 
 #[tokio::test]
