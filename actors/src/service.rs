@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::egress::{EgressConfig, MqttEgress};
 use crate::firmware::Defaults;
 use crate::ingress::{IngressConfig, MqttIngress, Subscription};
-use crate::job::{Policy, Runner};
+use crate::job::{Policy, Runner, RunnerParts};
 use crate::journal::{JobRecord, Journal};
 use crate::messages::RunTask;
 use crate::mqtt::{self, MqttSetupError};
@@ -128,7 +128,7 @@ impl Service {
             if carriers.contains_key(name) {
                 continue;
             }
-            let runner = Arc::new(Runner {
+            let runner = Arc::new(Runner::new(RunnerParts {
                 store: open_store(name, s3, data_dir)?,
                 append: writer.clone().recipient(),
                 commit: writer.clone().recipient(),
@@ -151,8 +151,7 @@ impl Service {
                     keyring: keyring.clone(),
                 },
                 system_id: settings.system.id.clone(),
-                locks: Default::default(),
-            });
+            }));
             let mut actor = S3CarrierActor::new(
                 name.clone(),
                 runner,
