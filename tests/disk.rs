@@ -380,7 +380,7 @@ fn a_folder_swapped_for_a_link_in_a_loop_never_leads_a_write_outside() {
         Vec::<PathBuf>::new(),
         "written outside"
     );
-    // A FAILED status goes out just before the job removes its staging file.
+    // A job removes its staging file just before its FAILED status goes out.
     wait_until(DEADLINE, "every staging file removed", || {
         temporaries(&data).is_empty()
     });

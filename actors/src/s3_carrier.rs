@@ -160,7 +160,7 @@ impl S3CarrierActor {
                 Err(e) => {
                     error!(msg_id = %rec.msg_id, error = %e, "an unfinished job is no longer valid; dropped");
                     let path_free = rec.seq;
-                    let journal = self.runner.journal.clone();
+                    let journal = self.runner.journal().clone();
                     actix::spawn(async move {
                         let _ = journal.finish(path_free).await;
                     });
@@ -255,7 +255,7 @@ impl Handler<RunTask> for S3CarrierActor {
                     error!(msg_id = %env.msg_id, task = %run.task, reason = %Reason::InvalidMessage, error = %e,
                         "invalid firmware_image rejected; nothing was written");
                     runner
-                        .status
+                        .status()
                         .failed(
                             &env.msg_id,
                             file_name,
@@ -267,19 +267,19 @@ impl Handler<RunTask> for S3CarrierActor {
                 }
             };
             let rec = JobRecord {
-                seq: runner.journal.next_seq(),
+                seq: runner.journal().next_seq(),
                 msg_id: env.msg_id.clone(),
                 content: env.msg_content,
                 state: JobState::Queued,
                 etag: None,
                 receipt: env.receipt,
             };
-            if let Err(e) = runner.journal.save(&rec).await {
+            if let Err(e) = runner.journal().save(&rec).await {
                 error!(msg_id = %env.msg_id, error = %e, "cannot journal the job; it runs, but would not survive a restart");
             }
             info!(msg_id = %job.msg_id, file_name = %job.file_name, cloud_path = %job.cloud_path, "queued");
             runner
-                .status
+                .status()
                 .send(&job.msg_id, &job.file_name, State::Queued, None, None);
             if let Some(queue) = queue
                 && queue.send((rec, job)).await.is_err()

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Recipient, Supervisor};
-use gator_ota_settings::{Carrier, Direction, Settings};
+use gator_ota_settings::{Carrier, Direction, S3Carrier, Settings};
 use paho_mqtt as paho;
 use tracing::{info, warn};
 
 use crate::egress::{EgressConfig, MqttEgress};
 use crate::firmware::Defaults;
 use crate::ingress::{IngressConfig, MqttIngress, Subscription};
-use crate::job::{Policy, Runner};
+use crate::job::{Policy, Runner, RunnerParts};
 use crate::journal::{JobRecord, Journal};
 use crate::messages::RunTask;
 use crate::mqtt::{self, MqttSetupError};
@@ -81,19 +81,7 @@ impl Service {
         let chunks = settings.pipeline.write_chunks;
         let writer = Supervisor::start(move |_| FsWriter::new(chunks));
 
-        let mut routes: HashMap<String, Vec<String>> = HashMap::new();
-        for address in settings
-            .addresses
-            .values()
-            .filter(|a| a.send_or_receive == Direction::Send)
-        {
-            for t in &address.message_type {
-                routes
-                    .entry(t.clone())
-                    .or_default()
-                    .push(address.topic.clone());
-            }
-        }
+        let routes = send_routes(settings);
         let outbox_dir = state.join("outbox");
         let (outbox, held) = Spool::open(&outbox_dir).map_err(folder_err(&outbox_dir))?;
         let egress_cfg = EgressConfig {
@@ -118,81 +106,21 @@ impl Service {
             egress: egress.clone().recipient(),
             system_id: settings.system.id.clone(),
         };
-        let mut carriers: HashMap<String, Recipient<RunTask>> = HashMap::new();
-        let mut pending = Some(pending);
-        for task in settings.tasks.values() {
-            let name = &task.config_name;
-            let Some(Carrier::S3(s3)) = settings.carriers.get(name) else {
-                continue;
-            };
-            if carriers.contains_key(name) {
-                continue;
-            }
-            let runner = Arc::new(Runner {
-                store: open_store(name, s3, data_dir)?,
-                append: writer.clone().recipient(),
-                commit: writer.clone().recipient(),
-                remove: writer.clone().recipient(),
-                egress: egress.clone().recipient(),
-                status: status.clone(),
-                journal: journal.clone(),
-                policy: Policy {
-                    attempts: settings.jobs.attempts,
-                    backoff_min: settings.jobs.backoff_min,
-                    backoff_max: settings.jobs.backoff_max,
-                    idle_timeout: settings.jobs.idle_timeout,
-                    header_timeout: s3.header_timeout,
-                    reserve_bytes: settings.jobs.reserve_bytes,
-                    keep_images: settings.jobs.keep_images,
-                    progress_step: settings.jobs.progress_step,
-                    max_image_bytes: settings.firmware.max_image_bytes,
-                    max_bytes_per_second: s3.max_bytes_per_second,
-                    require_signature: settings.firmware.require_signature,
-                    keyring: keyring.clone(),
-                },
-                system_id: settings.system.id.clone(),
-                locks: Default::default(),
-            });
-            let mut actor = S3CarrierActor::new(
-                name.clone(),
-                runner,
-                confinement.clone(),
-                Defaults {
-                    images_dir: settings.firmware.images_dir.display().to_string(),
-                    pointer_file: settings.firmware.pointer_file.display().to_string(),
-                    prefix: s3.prefix.clone(),
-                },
-                settings.pipeline.queue,
-                settings.jobs.concurrency,
-            );
-            // The journal does not say which carrier a job came from; with one
-            // firmware carrier (the SCARECRO setup) they all go to it.
-            if let Some(p) = pending.take() {
-                actor.resume(p);
-            }
-            let addr = Supervisor::start(move |_| actor);
-            carriers.insert(name.clone(), addr.recipient());
-        }
+        let wiring = Wiring {
+            writer,
+            egress: egress.clone(),
+            status: status.clone(),
+            journal,
+            keyring,
+            confinement,
+        };
+        let carriers = start_s3_carriers(settings, &wiring, pending)?;
 
         let router = TaskRouter::new(settings, &carriers)?;
         let consumed: Vec<String> = router.message_types().map(str::to_string).collect();
         let router = Supervisor::start(move |_| router);
 
-        let subscriptions: Vec<Subscription> = settings
-            .addresses
-            .iter()
-            .filter(|(_, a)| a.send_or_receive == Direction::Receive)
-            .map(|(name, a)| Subscription {
-                address: name.clone(),
-                topic: a.topic.clone(),
-                message_types: a.message_type.clone(),
-            })
-            .collect();
-        for t in &consumed {
-            if !subscriptions.iter().any(|s| s.message_types.contains(t)) {
-                warn!(message_type = %t, "a task runs on this message type but no receive address carries it");
-            }
-        }
+        let subscriptions = subscriptions(settings, &consumed);
         let cfg = IngressConfig {
             client: client.clone(),
             connect,
@@ -230,6 +158,131 @@ impl Service {
                 warn!("the broker did not acknowledge the disconnect in time");
             }
         }
+    }
+}
+
+/// Every message type a send address carries, and the topics it goes to.
+fn send_routes(settings: &Settings) -> HashMap<String, Vec<String>> {
+    let mut routes: HashMap<String, Vec<String>> = HashMap::new();
+    for address in settings
+        .addresses
+        .values()
+        .filter(|a| a.send_or_receive == Direction::Send)
+    {
+        for t in &address.message_type {
+            routes
+                .entry(t.clone())
+                .or_default()
+                .push(address.topic.clone());
+        }
+    }
+    routes
+}
+
+/// The receive addresses; a message type a task runs on that none of them
+/// carries is worth a warning, not a refusal.
+fn subscriptions(settings: &Settings, consumed: &[String]) -> Vec<Subscription> {
+    let subscriptions: Vec<Subscription> = settings
+        .addresses
+        .iter()
+        .filter(|(_, a)| a.send_or_receive == Direction::Receive)
+        .map(|(name, a)| Subscription {
+            address: name.clone(),
+            topic: a.topic.clone(),
+            message_types: a.message_type.clone(),
+        })
+        .collect();
+    for t in consumed {
+        if !subscriptions.iter().any(|s| s.message_types.contains(t)) {
+            warn!(message_type = %t, "a task runs on this message type but no receive address carries it");
+        }
+    }
+    subscriptions
+}
+
+/// What every S3 carrier's jobs share.
+struct Wiring {
+    writer: Addr<FsWriter>,
+    egress: Addr<MqttEgress>,
+    status: StatusSink,
+    journal: Arc<Journal>,
+    keyring: Arc<Keyring>,
+    confinement: Arc<Confinement>,
+}
+
+/// One actor per S3 carrier some task names, each with its own store.
+fn start_s3_carriers(
+    settings: &Settings,
+    wiring: &Wiring,
+    pending: Vec<JobRecord>,
+) -> Result<HashMap<String, Recipient<RunTask>>, StartError> {
+    let mut carriers: HashMap<String, Recipient<RunTask>> = HashMap::new();
+    let mut pending = Some(pending);
+    for task in settings.tasks.values() {
+        let name = &task.config_name;
+        let Some(Carrier::S3(s3)) = settings.carriers.get(name) else {
+            continue;
+        };
+        if carriers.contains_key(name) {
+            continue;
+        }
+        let mut actor = s3_carrier(settings, name, s3, wiring)?;
+        // The journal does not say which carrier a job came from; with one
+        // firmware carrier (the SCARECRO setup) they all go to it.
+        if let Some(p) = pending.take() {
+            actor.resume(p);
+        }
+        let addr = Supervisor::start(move |_| actor);
+        carriers.insert(name.clone(), addr.recipient());
+    }
+    Ok(carriers)
+}
+
+fn s3_carrier(
+    settings: &Settings,
+    name: &str,
+    s3: &S3Carrier,
+    wiring: &Wiring,
+) -> Result<S3CarrierActor, StartError> {
+    let runner = Arc::new(Runner::new(RunnerParts {
+        store: open_store(name, s3, &settings.system.data_dir)?,
+        append: wiring.writer.clone().recipient(),
+        commit: wiring.writer.clone().recipient(),
+        remove: wiring.writer.clone().recipient(),
+        egress: wiring.egress.clone().recipient(),
+        status: wiring.status.clone(),
+        journal: wiring.journal.clone(),
+        policy: policy(settings, s3, &wiring.keyring),
+        system_id: settings.system.id.clone(),
+    }));
+    Ok(S3CarrierActor::new(
+        name.to_string(),
+        runner,
+        wiring.confinement.clone(),
+        Defaults {
+            images_dir: settings.firmware.images_dir.display().to_string(),
+            pointer_file: settings.firmware.pointer_file.display().to_string(),
+            prefix: s3.prefix.clone(),
+        },
+        settings.pipeline.queue,
+        settings.jobs.concurrency,
+    ))
+}
+
+fn policy(settings: &Settings, s3: &S3Carrier, keyring: &Arc<Keyring>) -> Policy {
+    Policy {
+        attempts: settings.jobs.attempts,
+        backoff_min: settings.jobs.backoff_min,
+        backoff_max: settings.jobs.backoff_max,
+        idle_timeout: settings.jobs.idle_timeout,
+        header_timeout: s3.header_timeout,
+        reserve_bytes: settings.jobs.reserve_bytes,
+        keep_images: settings.jobs.keep_images,
+        progress_step: settings.jobs.progress_step,
+        max_image_bytes: settings.firmware.max_image_bytes,
+        max_bytes_per_second: s3.max_bytes_per_second,
+        require_signature: settings.firmware.require_signature,
+        keyring: keyring.clone(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::{
     Address, Bucket, Carrier, Direction, HANDLE_NEW_FIRMWARE_MESSAGE, MqttCarrier, S3Carrier,
-    Settings, SettingsError as E,
+    Settings, SettingsError as E, Task,
 };
 
 /// The URL schemes a broker is reached by (`mqtt://` and `mqtts://` go to
@@ -14,22 +14,41 @@ const MQTT_SCHEMES: &[&str] = &["tcp", "mqtt", "ssl", "mqtts"];
 
 impl Settings {
     pub fn validate(&self) -> Result<(), E> {
-        let s = self;
-        if s.system.id.trim().is_empty() || s.system.id.contains(['+', '#', '/']) {
+        self.validate_system()?;
+        self.validate_pipeline()?;
+        self.validate_jobs()?;
+        self.validate_firmware()?;
+        self.validate_messages()?;
+        for (name, c) in &self.carriers {
+            self.validate_carrier(name, c)?;
+        }
+        for (name, a) in &self.addresses {
+            self.validate_address(name, a)?;
+        }
+        for (name, t) in &self.tasks {
+            self.validate_task(name, t)?;
+        }
+        self.validate_confirm_receipt()
+    }
+
+    /// The gateway's id and data folder, and the folders jobs may write in
+    /// (by default the data folder).
+    fn validate_system(&self) -> Result<(), E> {
+        if self.system.id.trim().is_empty() || self.system.id.contains(['+', '#', '/']) {
             return Err(E::invalid(
                 "system.id",
-                format!("{:?} is not a usable gateway id", s.system.id),
+                format!("{:?} is not a usable gateway id", self.system.id),
                 "set a non-empty id without '/', '+' or '#', e.g. GATOR_OTA__SYSTEM__ID=gateway-17",
             ));
         }
-        if s.system.data_dir.as_os_str().is_empty() {
+        if self.system.data_dir.as_os_str().is_empty() {
             return Err(E::invalid(
                 "system.data_dir",
                 "is empty",
                 "name a writable folder",
             ));
         }
-        for (i, root) in s.firmware.allowed_roots.iter().enumerate() {
+        for (i, root) in self.firmware.allowed_roots.iter().enumerate() {
             if root.as_os_str().is_empty() {
                 return Err(E::invalid(
                     format!("firmware.allowed_roots[{i}]"),
@@ -38,50 +57,66 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_pipeline(&self) -> Result<(), E> {
         for (key, v) in [
-            ("pipeline.queue", s.pipeline.queue),
-            ("pipeline.mqtt_buffer", s.pipeline.mqtt_buffer),
-            ("pipeline.max_payload_bytes", s.pipeline.max_payload_bytes),
-            ("pipeline.write_chunks", s.pipeline.write_chunks),
+            ("pipeline.queue", self.pipeline.queue),
+            ("pipeline.mqtt_buffer", self.pipeline.mqtt_buffer),
+            (
+                "pipeline.max_payload_bytes",
+                self.pipeline.max_payload_bytes,
+            ),
+            ("pipeline.write_chunks", self.pipeline.write_chunks),
         ] {
             if v == 0 {
                 return Err(E::invalid(key, "is 0", "use a positive number"));
             }
         }
+        Ok(())
+    }
+
+    fn validate_jobs(&self) -> Result<(), E> {
         for (key, v) in [
-            ("jobs.concurrency", s.jobs.concurrency),
-            ("jobs.attempts", s.jobs.attempts as usize),
-            ("jobs.keep_images", s.jobs.keep_images),
-            ("jobs.progress_step", s.jobs.progress_step as usize),
+            ("jobs.concurrency", self.jobs.concurrency),
+            ("jobs.attempts", self.jobs.attempts as usize),
+            ("jobs.keep_images", self.jobs.keep_images),
+            ("jobs.progress_step", self.jobs.progress_step as usize),
         ] {
             if v == 0 {
                 return Err(E::invalid(key, "is 0", "use a positive number"));
             }
         }
-        if s.jobs.progress_step > 100 {
+        if self.jobs.progress_step > 100 {
             return Err(E::invalid(
                 "jobs.progress_step",
                 "is above 100",
                 "use a percentage such as 10",
             ));
         }
-        if s.jobs.backoff_min.is_zero() || s.jobs.backoff_max < s.jobs.backoff_min {
+        if self.jobs.backoff_min.is_zero() || self.jobs.backoff_max < self.jobs.backoff_min {
             return Err(E::invalid(
                 "jobs.backoff_min",
                 "backoff_min must be positive and not above backoff_max",
                 "e.g. backoff_min = \"1s\", backoff_max = \"60s\"",
             ));
         }
-        if s.jobs.idle_timeout.is_zero() {
+        if self.jobs.idle_timeout.is_zero() {
             return Err(E::invalid(
                 "jobs.idle_timeout",
                 "is 0",
                 "use a duration such as \"30s\"",
             ));
         }
-        if s.firmware.require_signature
-            && s.firmware.public_keys.is_empty()
-            && s.firmware.public_key_files.is_empty()
+        Ok(())
+    }
+
+    /// Signature keys, the default image and pointer paths, the size limit.
+    fn validate_firmware(&self) -> Result<(), E> {
+        if self.firmware.require_signature
+            && self.firmware.public_keys.is_empty()
+            && self.firmware.public_key_files.is_empty()
         {
             return Err(E::invalid(
                 "firmware.require_signature",
@@ -89,7 +124,7 @@ impl Settings {
                 "add firmware.public_keys (base64, from `gator-ota keygen`) or firmware.public_key_files (PEM)",
             ));
         }
-        for (i, key) in s.firmware.public_keys.iter().enumerate() {
+        for (i, key) in self.firmware.public_keys.iter().enumerate() {
             let ok = key.trim().len() == 44
                 && key.trim().ends_with('=')
                 && key
@@ -105,7 +140,7 @@ impl Settings {
                 ));
             }
         }
-        for (i, file) in s.firmware.public_key_files.iter().enumerate() {
+        for (i, file) in self.firmware.public_key_files.iter().enumerate() {
             if !file.is_file() {
                 return Err(E::invalid(
                     format!("firmware.public_key_files[{i}]"),
@@ -115,14 +150,18 @@ impl Settings {
             }
         }
         self.validate_default_paths()?;
-        if s.firmware.max_image_bytes == 0 {
+        if self.firmware.max_image_bytes == 0 {
             return Err(E::invalid(
                 "firmware.max_image_bytes",
                 "is 0",
                 "use a positive size in bytes",
             ));
         }
-        for (name, m) in &s.messages {
+        Ok(())
+    }
+
+    fn validate_messages(&self) -> Result<(), E> {
+        for (name, m) in &self.messages {
             if m.id_field.is_empty() || m.time_field.is_empty() {
                 return Err(E::invalid(
                     format!("messages.{name}"),
@@ -131,74 +170,78 @@ impl Settings {
                 ));
             }
         }
-        for (name, c) in &s.carriers {
-            self.validate_carrier(name, c)?;
+        Ok(())
+    }
+
+    /// A task must run `handle_new_firmware_message` on an s3 carrier for a
+    /// configured message.
+    fn validate_task(&self, name: &str, t: &Task) -> Result<(), E> {
+        let key = format!("tasks.{name}");
+        if t.source_type != "carrier" {
+            return Err(E::invalid(
+                format!("{key}.source_type"),
+                format!("{:?} tasks are not run by gator-ota", t.source_type),
+                "use \"carrier\"",
+            ));
         }
-        for (name, a) in &s.addresses {
-            self.validate_address(name, a)?;
-        }
-        for (name, t) in &s.tasks {
-            let key = format!("tasks.{name}");
-            if t.source_type != "carrier" {
+        match self.carriers.get(&t.config_name) {
+            Some(Carrier::S3(_)) => {}
+            Some(Carrier::Mqtt(_)) => {
                 return Err(E::invalid(
-                    format!("{key}.source_type"),
-                    format!("{:?} tasks are not run by gator-ota", t.source_type),
-                    "use \"carrier\"",
+                    format!("{key}.config_name"),
+                    format!("carrier {:?} is an mqtt carrier", t.config_name),
+                    "name an s3 carrier, e.g. \"s3_firmware_ota\"",
                 ));
             }
-            match s.carriers.get(&t.config_name) {
-                Some(Carrier::S3(_)) => {}
-                Some(Carrier::Mqtt(_)) => {
-                    return Err(E::invalid(
-                        format!("{key}.config_name"),
-                        format!("carrier {:?} is an mqtt carrier", t.config_name),
-                        "name an s3 carrier, e.g. \"s3_firmware_ota\"",
-                    ));
-                }
-                None => {
-                    return Err(E::invalid(
-                        format!("{key}.config_name"),
-                        format!("no carrier named {:?} is configured", t.config_name),
-                        format!(
-                            "add [carriers.{}] or name a configured carrier",
-                            t.config_name
-                        ),
-                    ));
-                }
-            }
-            if t.function != HANDLE_NEW_FIRMWARE_MESSAGE {
+            None => {
                 return Err(E::invalid(
-                    format!("{key}.function"),
-                    format!("unknown function {:?}", t.function),
-                    format!("use \"{HANDLE_NEW_FIRMWARE_MESSAGE}\""),
-                ));
-            }
-            if t.duration != "on_message" {
-                return Err(E::invalid(
-                    format!("{key}.duration"),
-                    format!("{:?} is not supported", t.duration),
-                    "use \"on_message\"",
-                ));
-            }
-            if !s.messages.contains_key(&t.message_type) {
-                return Err(E::invalid(
-                    format!("{key}.message_type"),
-                    format!("no message {:?} is configured", t.message_type),
+                    format!("{key}.config_name"),
+                    format!("no carrier named {:?} is configured", t.config_name),
                     format!(
-                        "add [messages.{}] with id_field and time_field",
-                        t.message_type
+                        "add [carriers.{}] or name a configured carrier",
+                        t.config_name
                     ),
                 ));
             }
         }
-        if !s.messages.contains_key("confirm_receipt") {
+        if t.function != HANDLE_NEW_FIRMWARE_MESSAGE {
+            return Err(E::invalid(
+                format!("{key}.function"),
+                format!("unknown function {:?}", t.function),
+                format!("use \"{HANDLE_NEW_FIRMWARE_MESSAGE}\""),
+            ));
+        }
+        if t.duration != "on_message" {
+            return Err(E::invalid(
+                format!("{key}.duration"),
+                format!("{:?} is not supported", t.duration),
+                "use \"on_message\"",
+            ));
+        }
+        if !self.messages.contains_key(&t.message_type) {
+            return Err(E::invalid(
+                format!("{key}.message_type"),
+                format!("no message {:?} is configured", t.message_type),
+                format!(
+                    "add [messages.{}] with id_field and time_field",
+                    t.message_type
+                ),
+            ));
+        }
+
+        Ok(())
+    }
+
+    /// Without it no job could ever be confirmed.
+    fn validate_confirm_receipt(&self) -> Result<(), E> {
+        if !self.messages.contains_key("confirm_receipt") {
             return Err(E::invalid(
                 "messages.confirm_receipt",
                 "is missing",
                 "add [messages.confirm_receipt] with id_field and time_field",
             ));
         }
-        if s.send_addresses("confirm_receipt").next().is_none() {
+        if self.send_addresses("confirm_receipt").next().is_none() {
             return Err(E::invalid(
                 "addresses",
                 "no send address carries confirm_receipt",

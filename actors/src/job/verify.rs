@@ -1,0 +1,329 @@
+//! Whether the staged bytes are the image: the most trusted checksum at
+//! hand, then the signature.
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use tracing::info;
+
+use super::download::{Miss, fetch_failure};
+use super::{Failure, Runner};
+use crate::firmware::{Expected, FirmwareJob};
+use crate::s3_response::{ObjectFacts, crc_base64, crc_header};
+use crate::signature::parse_signature;
+use crate::status::Reason;
+use crate::writer::{Crc, Digests, open_staged};
+
+impl Runner {
+    /// With `require_signature`, the staged image must carry a signature
+    /// that verifies; without it, a signature that comes along is still
+    /// checked when keys are configured.
+    pub(super) async fn check_signature(
+        &self,
+        job: &FirmwareJob,
+        key: &ObjectPath,
+    ) -> Result<(), Failure> {
+        let p = &self.policy;
+        let invalid = |detail: String| Failure::new(Reason::SignatureInvalid, detail);
+        let raw: Option<Vec<u8>> = match &job.signature {
+            Some(s) => Some(s.as_bytes().to_vec()),
+            None if p.require_signature => self.fetch_sig_object(key).await?,
+            None => None,
+        };
+        let Some(raw) = raw else {
+            return if p.require_signature {
+                Err(invalid(format!(
+                    "no signature: the message has no `signature` field and there is no {}.sig object",
+                    job.cloud_path
+                )))
+            } else {
+                Ok(())
+            };
+        };
+        if p.keyring.is_empty() {
+            return Ok(());
+        }
+        let signature = parse_signature(&raw).map_err(|e| invalid(e.to_string()))?;
+        let keyring = p.keyring.clone();
+        let image = job.disk_path.clone();
+        tokio::task::spawn_blocking(move || {
+            // Through the folder handle, never following a link: the bytes
+            // checked are the staged ones.
+            let staged = open_staged(&image).map_err(|e| {
+                Failure::new(
+                    Reason::Io,
+                    format!("cannot read the staged image to check its signature: {e}"),
+                )
+            })?;
+            keyring
+                .verify_open(&staged, &signature)
+                .map_err(|e| invalid(e.to_string()))
+        })
+        .await
+        .map_err(|e| Failure::new(Reason::Internal, e.to_string()))??;
+        info!("signature verified");
+        Ok(())
+    }
+
+    async fn fetch_sig_object(&self, key: &ObjectPath) -> Result<Option<Vec<u8>>, Failure> {
+        let sig_key = ObjectPath::from(format!("{key}.sig"));
+        let (wait, idle) = (self.policy.header_timeout, self.policy.idle_timeout);
+        let got = match tokio::time::timeout(wait, self.store.get(&sig_key)).await {
+            Err(_) => return Err(Miss::NoAnswer("GET", wait).failure(sig_key.as_ref())),
+            Ok(Ok(got)) => got,
+            Ok(Err(object_store::Error::NotFound { .. })) => return Ok(None),
+            Ok(Err(e)) => return Err(fetch_failure(sig_key.as_ref(), e)),
+        };
+        if got.meta.size > 4096 {
+            return Err(Failure::new(
+                Reason::SignatureInvalid,
+                format!("{sig_key} is {} bytes; a signature is 64", got.meta.size),
+            ));
+        }
+        let bytes = match tokio::time::timeout(idle, got.bytes()).await {
+            Err(_) => {
+                let detail = format!("timeout: no data for {idle:?} reading {sig_key}");
+                return Err(Failure::new(Reason::Timeout, detail));
+            }
+            Ok(read) => read.map_err(|e| fetch_failure(sig_key.as_ref(), e))?,
+        };
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// Whether the message or the object has a SHA-256 or MD5 the staged bytes
+/// are checked against: then nothing less trusted is consulted.
+fn digest_vouches(expect: &Expected, facts: &ObjectFacts) -> bool {
+    expect.sha256.is_some() || expect.md5.is_some() || facts.sha256.is_some()
+}
+
+/// The object's own CRC a download computes while it stages the bytes:
+/// only when no SHA-256 or MD5 vouches for them, so an ordinary download
+/// pays nothing for it. [`verify`] checks the same one.
+pub(super) fn crc_to_compute(expect: &Expected, facts: &ObjectFacts) -> Option<Crc> {
+    if digest_vouches(expect, facts) {
+        return None;
+    }
+    facts.crc().map(|(crc, _)| crc)
+}
+
+/// Size is checked by the writer; here the content, by the most trusted
+/// checksum at hand: the message's sha256/md5 and the object's own SHA-256;
+/// without either the object's CRC-64/NVME or CRC-32C; and without those
+/// the ETag when it can be an MD5 (see [`ObjectFacts::etag_may_be_md5`]).
+pub(super) fn verify(
+    expect: &Expected,
+    meta: &ObjectMeta,
+    facts: &ObjectFacts,
+    digests: &Digests,
+) -> Result<(), Failure> {
+    let (sha256, md5) = (digests.sha256.as_str(), digests.md5.as_str());
+    if let Some(want) = &expect.sha256
+        && want != sha256
+    {
+        return Err(mismatch("sha256", want, sha256));
+    }
+    if let Some(want) = &expect.md5
+        && want != md5
+    {
+        return Err(mismatch("md5", want, md5));
+    }
+    if let Some(want) = &facts.sha256
+        && want != sha256
+    {
+        let want = format!("{want} (the object's x-amz-checksum-sha256)");
+        return Err(mismatch("sha256", &want, sha256));
+    }
+    if digest_vouches(expect, facts) {
+        return Ok(());
+    }
+    if let Some((crc, want)) = facts.crc() {
+        return check_crc(crc, want, digests.crc);
+    }
+    match plain_md5_etag(meta.e_tag.as_deref()) {
+        Some(etag) if facts.etag_may_be_md5() => {
+            if etag != md5 {
+                return Err(mismatch("md5", &format!("{etag} (the object's ETag)"), md5));
+            }
+        }
+        etag => info!(
+            etag_is_md5 = false,
+            encryption = facts.encryption.as_deref().unwrap_or("none"),
+            unverifiable = ?facts.unverifiable,
+            multipart = etag.is_none(),
+            "no checksum to check the image against: the message has none, and the object's ETag is not an MD5; only the size was checked"
+        ),
+    }
+    Ok(())
+}
+
+fn mismatch(what: &str, want: &str, got: &str) -> Failure {
+    Failure::new(
+        Reason::ChecksumMismatch,
+        format!("{what} is {got}, expected {want}"),
+    )
+}
+
+/// The staged bytes' `crc` against the object's own, both shown as S3 shows
+/// them (base64).
+fn check_crc(crc: Crc, want: u64, got: Option<(Crc, u64)>) -> Result<(), Failure> {
+    let header = crc_header(crc);
+    let Some((_, got)) = got.filter(|(computed, _)| *computed == crc) else {
+        // The download computes the CRC `verify` asks for (`crc_to_compute`):
+        // this is a bug, and never passes as verified.
+        return Err(Failure::new(
+            Reason::Internal,
+            format!("the object has {header}, but the download did not compute its {crc}"),
+        ));
+    };
+    if got != want {
+        let want = format!("{} (the object's {header})", crc_base64(crc, want));
+        return Err(mismatch(&crc.to_string(), &want, &crc_base64(crc, got)));
+    }
+    info!(
+        checksum = header,
+        "the image matches the object's own checksum"
+    );
+    Ok(())
+}
+
+/// An ETag that is an MD5 of the content: 32 hex digits, not a multipart
+/// `<md5>-<parts>` and not a weak tag.
+fn plain_md5_etag(etag: Option<&str>) -> Option<String> {
+    let tag = etag?.trim_matches('"');
+    (tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| tag.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_that_are_md5s() {
+        assert_eq!(
+            plain_md5_etag(Some("\"5EB63BBBE01EEED093CB22BB8F5ACDC3\"")).as_deref(),
+            Some("5eb63bbbe01eeed093cb22bb8f5acdc3")
+        );
+        assert_eq!(
+            plain_md5_etag(Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3-4\"")),
+            None
+        );
+        assert_eq!(plain_md5_etag(Some("W/\"abc\"")), None);
+        assert_eq!(plain_md5_etag(None), None);
+    }
+
+    const CRC64: u64 = 0xAE8B_1486_0A79_9888;
+
+    fn meta(e_tag: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            location: ObjectPath::from("fw/a.bin"),
+            last_modified: chrono::DateTime::UNIX_EPOCH,
+            size: 9,
+            e_tag: e_tag.map(str::to_string),
+            version: None,
+        }
+    }
+
+    fn digests(crc: Option<(Crc, u64)>) -> Digests {
+        Digests {
+            sha256: "5a".repeat(32),
+            md5: "5eb63bbbe01eeed093cb22bb8f5acdc3".into(),
+            crc,
+        }
+    }
+
+    fn crc64(value: u64) -> ObjectFacts {
+        ObjectFacts {
+            crc64nvme: Some(value),
+            crc32c: Some(1),
+            ..ObjectFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_crc_is_computed_only_when_no_digest_vouches_for_the_bytes() {
+        let none = Expected::default();
+        assert_eq!(crc_to_compute(&none, &crc64(CRC64)), Some(Crc::Crc64Nvme));
+        let only_crc32c = ObjectFacts {
+            crc32c: Some(1),
+            ..ObjectFacts::default()
+        };
+        assert_eq!(crc_to_compute(&none, &only_crc32c), Some(Crc::Crc32c));
+        assert_eq!(crc_to_compute(&none, &ObjectFacts::default()), None);
+        let sha = Expected {
+            sha256: Some("5a".repeat(32)),
+            ..Expected::default()
+        };
+        assert_eq!(crc_to_compute(&sha, &crc64(CRC64)), None);
+        let md5 = Expected {
+            md5: Some("5eb63bbbe01eeed093cb22bb8f5acdc3".into()),
+            ..Expected::default()
+        };
+        assert_eq!(crc_to_compute(&md5, &crc64(CRC64)), None);
+        let s3_sha = ObjectFacts {
+            sha256: Some("5a".repeat(32)),
+            ..crc64(CRC64)
+        };
+        assert_eq!(crc_to_compute(&none, &s3_sha), None);
+    }
+
+    #[test]
+    fn the_objects_crc_is_checked_and_a_mismatch_names_the_header() {
+        let none = Expected::default();
+        let right = digests(Some((Crc::Crc64Nvme, CRC64)));
+        // The CRC decides: a plain-MD5 ETag that does not match is not consulted.
+        let etag = meta(Some("\"00000000000000000000000000000000\""));
+        assert!(verify(&none, &etag, &crc64(CRC64), &right).is_ok());
+        let wrong = verify(&none, &etag, &crc64(CRC64 ^ 1), &right).unwrap_err();
+        assert_eq!(wrong.reason, Reason::ChecksumMismatch);
+        assert_eq!(
+            wrong.detail,
+            "crc64nvme is rosUhgp5mIg=, expected rosUhgp5mIk= (the object's x-amz-checksum-crc64nvme)"
+        );
+        let crc32c = ObjectFacts {
+            crc32c: Some(0xE306_9283),
+            ..ObjectFacts::default()
+        };
+        let got = digests(Some((Crc::Crc32c, 0)));
+        let wrong = verify(&none, &meta(None), &crc32c, &got).unwrap_err();
+        assert_eq!(
+            wrong.detail,
+            "crc32c is AAAAAA==, expected 4waSgw== (the object's x-amz-checksum-crc32c)"
+        );
+    }
+
+    #[test]
+    fn a_crc_not_computed_never_passes() {
+        let f = verify(
+            &Expected::default(),
+            &meta(None),
+            &crc64(CRC64),
+            &digests(Some((Crc::Crc32c, 1))),
+        )
+        .unwrap_err();
+        assert_eq!(f.reason, Reason::Internal, "{}", f.detail);
+    }
+
+    #[test]
+    fn a_sha256_outranks_the_crc() {
+        let sha = Expected {
+            sha256: Some("5a".repeat(32)),
+            ..Expected::default()
+        };
+        // No CRC computed, and the object's (wrong) one is not consulted.
+        assert!(verify(&sha, &meta(None), &crc64(1), &digests(None)).is_ok());
+        let s3_sha = ObjectFacts {
+            sha256: Some("5a".repeat(32)),
+            ..crc64(1)
+        };
+        let none = Expected::default();
+        assert!(verify(&none, &meta(None), &s3_sha, &digests(None)).is_ok());
+        let bad_sha = ObjectFacts {
+            sha256: Some("00".repeat(32)),
+            ..crc64(CRC64)
+        };
+        let right_crc = digests(Some((Crc::Crc64Nvme, CRC64)));
+        let f = verify(&none, &meta(None), &bad_sha, &right_crc).unwrap_err();
+        assert!(f.detail.contains("x-amz-checksum-sha256"), "{}", f.detail);
+    }
+}
