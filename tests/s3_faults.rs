@@ -87,83 +87,65 @@ fn assert_failed(seen: &[serde_json::Value], reason: &str) -> String {
     last["detail"].as_str().unwrap_or_default().to_string()
 }
 
-#[test]
-fn a_head_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
+/// A HEAD or GET (`method`) whose answer is held twice: the job retries it
+/// and succeeds once the store answers.
+fn held_twice_then_answered(method: &str, fault: fn(&str, Action) -> Fault, seed: u64) {
     let f = Faulty::new();
-    let sha = f.world.s3.put_random_object(BUCKET, KEY, 100_000, 1);
-    let held = f
-        .front
-        .add(Fault::head(KEY, Action::DelayHeaders(HELD)).times(2));
+    let sha = f.world.s3.put_random_object(BUCKET, KEY, 100_000, seed);
+    let held = f.front.add(fault(KEY, Action::DelayHeaders(HELD)).times(2));
     let gw = Gateway::start(f.env(5));
     let statuses = f.statuses();
 
-    let (seen, took) = run(&f, &statuses, &firmware_image("hung-head", "a", KEY));
+    let msg_id = format!("hung-{}", method.to_lowercase());
+    let (seen, took) = run(&f, &statuses, &firmware_image(&msg_id, "a", KEY));
     assert_installed(&seen);
     assert_eq!(sha256_file(&f.world.image("a")), sha);
     assert_eq!(held.hits(), 2);
-    assert_eq!(
-        gw.count("the HEAD got no answer within 1s"),
-        2,
-        "{}",
-        gw.log()
-    );
+    let line = format!("the {method} got no answer within 1s");
+    assert_eq!(gw.count(&line), 2, "{}", gw.log());
     assert!(took < Duration::from_secs(15), "took {took:?}");
+}
+
+#[test]
+fn a_head_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
+    held_twice_then_answered("HEAD", Fault::head, 1);
 }
 
 #[test]
 fn a_get_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
+    held_twice_then_answered("GET", Fault::get, 2);
+}
+
+/// A HEAD or GET (`method`) that is never answered: the job fails with
+/// TIMEOUT after its attempts, far sooner than the store's `timeout`, with
+/// `detail` in its FAILED status.
+fn never_answered(method: &str, fault: fn(&str, Action) -> Fault, detail: &str) -> Duration {
     let f = Faulty::new();
-    let sha = f.world.s3.put_random_object(BUCKET, KEY, 100_000, 2);
-    let held = f
-        .front
-        .add(Fault::get(KEY, Action::DelayHeaders(HELD)).times(2));
-    let gw = Gateway::start(f.env(5));
+    f.world.s3.put_object(BUCKET, KEY, b"image");
+    f.front.add(fault(KEY, Action::DelayHeaders(HELD)));
+    let _gw = Gateway::start(f.env(3));
     let statuses = f.statuses();
 
-    let (seen, took) = run(&f, &statuses, &firmware_image("hung-get", "a", KEY));
-    assert_installed(&seen);
-    assert_eq!(sha256_file(&f.world.image("a")), sha);
-    assert_eq!(held.hits(), 2);
-    assert_eq!(
-        gw.count("the GET got no answer within 1s"),
-        2,
-        "{}",
-        gw.log()
-    );
-    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let msg_id = format!("never-{}", method.to_lowercase());
+    let (seen, took) = run(&f, &statuses, &firmware_image(&msg_id, "a", KEY));
+    let got = assert_failed(&seen, "TIMEOUT");
+    assert!(got.contains(detail), "{got}");
+    // 3 × 1 s, plus two backoffs of at most 300 ms: nowhere near `timeout`.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(!f.world.image("a").exists());
+    assert!(!f.world.pointer().exists());
+    took
 }
 
 #[test]
 fn a_head_that_never_answers_fails_with_timeout_within_its_bound() {
-    let f = Faulty::new();
-    f.world.s3.put_object(BUCKET, KEY, b"image");
-    f.front.add(Fault::head(KEY, Action::DelayHeaders(HELD)));
-    let _gw = Gateway::start(f.env(3));
-    let statuses = f.statuses();
-
-    let (seen, took) = run(&f, &statuses, &firmware_image("never-head", "a", KEY));
-    let detail = assert_failed(&seen, "TIMEOUT");
-    assert!(detail.contains("gave up after 3 attempts"), "{detail}");
-    // 3 × 1 s, plus two backoffs of at most 300 ms: nowhere near `timeout`.
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let took = never_answered("HEAD", Fault::head, "gave up after 3 attempts");
     assert!(took >= 3 * HEADER_TIMEOUT, "took {took:?}");
-    assert!(!f.world.image("a").exists());
-    assert!(!f.world.pointer().exists());
 }
 
 #[test]
 fn a_get_that_never_answers_fails_with_timeout_within_its_bound() {
-    let f = Faulty::new();
-    f.world.s3.put_object(BUCKET, KEY, b"image");
-    f.front.add(Fault::get(KEY, Action::DelayHeaders(HELD)));
-    let _gw = Gateway::start(f.env(3));
-    let statuses = f.statuses();
-
-    let (seen, took) = run(&f, &statuses, &firmware_image("never-get", "a", KEY));
-    let detail = assert_failed(&seen, "TIMEOUT");
-    assert!(detail.contains("the GET got no answer"), "{detail}");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert!(!f.world.image("a").exists());
+    never_answered("GET", Fault::get, "the GET got no answer");
 }
 
 #[test]
