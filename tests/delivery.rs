@@ -46,8 +46,21 @@ fn busy_env(world: &World) -> Vec<(String, String)> {
     env
 }
 
-fn job(name: &str) -> String {
-    firmware_image(name, name, "fw/small.bin").to_string()
+fn job(name: &str) -> serde_json::Value {
+    firmware_image(name, name, "fw/small.bin")
+}
+
+/// The small image every job of these tests fetches.
+fn put_small_image(world: &World, len: usize, seed: u64) {
+    let bytes = gator_ota_testkit::pseudo_random_bytes(len, seed);
+    world.s3.put_object(BUCKET, "fw/small.bin", &bytes);
+}
+
+/// One job per name, each published once (the broker is up).
+fn publish_jobs_once(world: &World, names: &[String]) {
+    for n in names {
+        world.publish_json(&job(n));
+    }
 }
 
 /// How many confirm_receipts each file got.
@@ -117,7 +130,12 @@ fn publish_jobs(url: String, rate: u64, stop: Arc<AtomicBool>) -> thread::JoinHa
                 break;
             }
             let name = format!("flap-{i}");
-            if publish_until_acked(&url, RECEIVE_TOPIC, &job(&name), Duration::from_secs(30)) {
+            if publish_until_acked(
+                &url,
+                RECEIVE_TOPIC,
+                &job(&name).to_string(),
+                Duration::from_secs(30),
+            ) {
                 sent.push(name);
             }
             thread::sleep(pace);
@@ -139,11 +157,7 @@ fn a_flapping_broker_with_statuses_on_crashes_nothing_and_loses_nothing() {
         Broker::start_persistent()
     };
     let mut world = World::with_broker(broker);
-    world.s3.put_object(
-        BUCKET,
-        "fw/small.bin",
-        &gator_ota_testkit::pseudo_random_bytes(4096, 1),
-    );
+    put_small_image(&world, 4096, 1);
     let confirms = Collector::start(&world.broker.url(), CONFIRM_TOPIC);
     let statuses = Collector::start(&world.broker.url(), STATUS_TOPIC);
     let gw = Gateway::start(busy_env(&world));
@@ -223,11 +237,7 @@ fn hung_env(env: &[(String, String)], hung: &HungS3) -> Vec<(String, String)> {
 /// every one is confirmed.
 fn stop_with_a_full_queue(stop: impl FnOnce(Gateway)) {
     let world = World::new();
-    world.s3.put_object(
-        BUCKET,
-        "fw/small.bin",
-        &gator_ota_testkit::pseudo_random_bytes(2048, 2),
-    );
+    put_small_image(&world, 2048, 2);
     let hung = HungS3::start();
     let mut env = busy_env(&world);
     env.push(("GATOR_OTA__PIPELINE__QUEUE".into(), "4".into()));
@@ -235,9 +245,7 @@ fn stop_with_a_full_queue(stop: impl FnOnce(Gateway)) {
     let gw = Gateway::start(hung_env(&env, &hung));
     let count = env_number("GATOR_OTA_STOP_MESSAGES", 60);
     let names: Vec<String> = (0..count).map(|i| format!("queued-{i}")).collect();
-    for n in &names {
-        world.publish_json(&serde_json::from_str(&job(n)).unwrap());
-    }
+    publish_jobs_once(&world, &names);
     // Every message has left the broker: it is the gateway's now.
     gw.wait_count("held in the inbox", names.len());
     assert!(confirm_counts(&confirms).is_empty());
@@ -274,19 +282,13 @@ fn sigterm_with_a_full_queue_loses_no_message() {
 fn confirms_made_while_the_broker_is_down_all_arrive_after_it_returns() {
     const JOBS: usize = 300;
     let mut world = World::with_broker(Broker::start_persistent());
-    world.s3.put_object(
-        BUCKET,
-        "fw/small.bin",
-        &gator_ota_testkit::pseudo_random_bytes(1024, 3),
-    );
+    put_small_image(&world, 1024, 3);
     let hung = HungS3::start();
     let env = busy_env(&world);
     let confirms = Collector::start(&world.broker.url(), CONFIRM_TOPIC);
     let gw = Gateway::start(hung_env(&env, &hung));
     let names: Vec<String> = (0..JOBS).map(|i| format!("outage-{i}")).collect();
-    for n in &names {
-        world.publish_json(&serde_json::from_str(&job(n)).unwrap());
-    }
+    publish_jobs_once(&world, &names);
     gw.wait_count("held in the inbox", JOBS);
     world.broker.terminate();
     gw.kill();
@@ -345,11 +347,7 @@ impl Drop for HungS3 {
 fn a_flood_while_s3_hangs_keeps_memory_bounded_and_loses_nothing() {
     let jobs = env_number("GATOR_OTA_FLOOD_MESSAGES", 400) as usize;
     let world = World::with_broker(Broker::start_persistent());
-    world.s3.put_object(
-        BUCKET,
-        "fw/small.bin",
-        &gator_ota_testkit::pseudo_random_bytes(512, 4),
-    );
+    put_small_image(&world, 512, 4);
     let hung = HungS3::start();
     let real = busy_env(&world);
     let confirms = Collector::start(&world.broker.url(), CONFIRM_TOPIC);

@@ -188,33 +188,37 @@ fn hung_jobs_do_not_hold_back_a_job_for_another_file() {
     assert!(f.front.count("HEAD", "fw/hung1.bin") < 30);
 }
 
-#[test]
-fn slow_down_on_the_first_two_heads_is_retried_and_the_job_succeeds() {
+/// `times` SlowDown answers to a HEAD or GET: retried with the job's
+/// backoff, and the job succeeds. Returns the world and the gateway, still
+/// running, for further checks.
+fn slow_down_then_answered(
+    fault: fn(&str, Action) -> Fault,
+    times: usize,
+    seed: u64,
+) -> (Faulty, Gateway) {
     let f = Faulty::new();
-    let sha = f.world.s3.put_random_object(BUCKET, KEY, 50_000, 4);
-    let slow = f.front.add(Fault::head(KEY, Action::SlowDown).times(2));
+    let sha = f.world.s3.put_random_object(BUCKET, KEY, 50_000, seed);
+    let slow = f.front.add(fault(KEY, Action::SlowDown).times(times));
     let gw = Gateway::start(f.env(5));
     let statuses = f.statuses();
 
-    let (seen, _) = run(&f, &statuses, &firmware_image("slow-head", "a", KEY));
+    let msg_id = format!("slow-{seed}");
+    let (seen, _) = run(&f, &statuses, &firmware_image(&msg_id, "a", KEY));
     assert_installed(&seen);
     assert_eq!(sha256_file(&f.world.image("a")), sha);
-    assert_eq!(slow.hits(), 2);
+    assert_eq!(slow.hits(), times);
+    (f, gw)
+}
+
+#[test]
+fn slow_down_on_the_first_two_heads_is_retried_and_the_job_succeeds() {
+    let (_world, gw) = slow_down_then_answered(Fault::head, 2, 4);
     gw.wait_log("download attempt failed");
 }
 
 #[test]
 fn slow_down_on_gets_is_retried_and_the_job_succeeds() {
-    let f = Faulty::new();
-    let sha = f.world.s3.put_random_object(BUCKET, KEY, 50_000, 5);
-    let slow = f.front.add(Fault::get(KEY, Action::SlowDown).times(3));
-    let _gw = Gateway::start(f.env(5));
-    let statuses = f.statuses();
-
-    let (seen, _) = run(&f, &statuses, &firmware_image("slow-get", "a", KEY));
-    assert_installed(&seen);
-    assert_eq!(sha256_file(&f.world.image("a")), sha);
-    assert_eq!(slow.hits(), 3);
+    slow_down_then_answered(Fault::get, 3, 5);
 }
 
 #[test]
