@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use gator_ota_actors::Service;
-use tracing::{error, info};
+use gator_ota_actors::{Plan, Service};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::SettingsArgs;
@@ -20,9 +20,20 @@ pub fn init_logging() {
         .init();
 }
 
-fn load(args: &SettingsArgs) -> Option<gator_ota_settings::Loaded> {
-    match gator_ota_settings::load_all(args.settings.as_deref(), args.scarecro_configs.as_deref()) {
-        Ok(s) => Some(s),
+/// Settings loaded and turned into a plan: the one road `run` and
+/// `check-config` both take, so they refuse the same things.
+fn load(args: &SettingsArgs) -> Option<(gator_ota_settings::Loaded, Plan)> {
+    let loaded =
+        gator_ota_settings::load_all(args.settings.as_deref(), args.scarecro_configs.as_deref());
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            error!("{e}");
+            return None;
+        }
+    };
+    match Plan::new(&loaded.settings) {
+        Ok(plan) => Some((loaded, plan)),
         Err(e) => {
             error!("{e}");
             None
@@ -46,16 +57,18 @@ fn log_scarecro(report: &gator_ota_settings::scarecro::Report) {
 }
 
 pub fn run(args: &SettingsArgs) -> ExitCode {
-    let Some(loaded) = load(args) else {
+    let Some((loaded, plan)) = load(args) else {
         return ExitCode::from(2);
     };
     if let Some(report) = &loaded.scarecro {
         log_scarecro(report);
     }
-    let settings = loaded.settings;
+    for w in plan.warnings() {
+        warn!("{w}");
+    }
     let system = actix_rt::System::new();
     let outcome = system.block_on(async move {
-        let service = Service::start(&settings)?;
+        let service = Service::start(plan)?;
         let signal = wait_for_signal().await;
         info!(%signal, "shutting down");
         service.shutdown().await;
@@ -74,11 +87,14 @@ pub fn run(args: &SettingsArgs) -> ExitCode {
 }
 
 pub fn check_config(args: &SettingsArgs) -> ExitCode {
-    let Some(loaded) = load(args) else {
+    let Some((loaded, plan)) = load(args) else {
         return ExitCode::from(2);
     };
     if let Some(report) = &loaded.scarecro {
         println!("{report}#");
+    }
+    for w in plan.warnings() {
+        println!("# warning: {w}");
     }
     println!("# gator-ota settings: valid. Effective values, secrets redacted:\n");
     print!("{}", loaded.settings.to_redacted_toml());

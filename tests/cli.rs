@@ -147,3 +147,83 @@ fn check_config_refuses_unknown_keys_and_wrong_types_by_their_full_key() {
         "{stderr}"
     );
 }
+
+/// What only the service's plan can tell (a second MQTT connection, a PEM
+/// file that holds no key, a key of an earlier version): `check-config`
+/// refuses it with the same words `run` stops with, before `run` touches
+/// the disk or the network.
+#[test]
+fn check_config_refuses_what_run_refuses_with_the_same_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("key.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let data_dir = data.to_str().unwrap();
+    // A second broker: the default one's table under another name.
+    let defaults = include_str!("../settings/default.toml");
+    let mqtt = &defaults[defaults.find("[carriers.mqtt]").unwrap()..];
+    let mqtt = &mqtt[..mqtt[1..].find("\n[").unwrap() + 1];
+    let local = mqtt.replace("[carriers.mqtt]", "[carriers.local]");
+    let second_broker = format!(
+        "{local}\n[addresses.local_status]\ncarrier = \"local\"\ntopic = \"local/status\"\n\
+         send_or_receive = \"send\"\nduration = \"always\"\nmessage_type = [\"confirm_receipt\"]\n\
+         [system]\ndata_dir = \"{data_dir}\"\n"
+    );
+    let bad_key = format!(
+        "[firmware]\npublic_key_files = [\"{}\"]\n[system]\ndata_dir = \"{data_dir}\"\n",
+        pem.display()
+    );
+    for (toml, key, words) in [
+        (
+            second_broker.as_str(),
+            "addresses.local_status.carrier",
+            "gator-ota runs one MQTT connection",
+        ),
+        (
+            bad_key.as_str(),
+            "firmware.public_key_files[0]",
+            "cannot read public key file",
+        ),
+    ] {
+        let file = dir.path().join("settings.toml");
+        std::fs::write(&file, toml).unwrap();
+        let file = file.to_str().unwrap();
+        let check = gator_ota(&["check-config", "--settings", file], &[]);
+        let run = gator_ota(&["run", "--settings", file], &[]);
+        for out in [&check, &run] {
+            assert_eq!(out.status.code(), Some(2), "{out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains(&format!("settings key `{key}`")),
+                "{stderr}"
+            );
+            assert!(
+                stderr.contains(words) && stderr.contains("Fix:"),
+                "{stderr}"
+            );
+        }
+        assert!(!data.exists(), "run made its folders before refusing");
+    }
+}
+
+#[test]
+fn a_key_of_an_earlier_version_says_what_replaced_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.toml");
+    std::fs::write(&file, "[pipeline]\nmqtt_buffer = 64\n").unwrap();
+    let out = gator_ota(&["check-config", "--settings", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("settings key `pipeline.mqtt_buffer`: was split into two settings"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("pipeline.outbox_window") && stderr.contains("pipeline.inbox_warning"),
+        "{stderr}"
+    );
+}

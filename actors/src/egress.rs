@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::wrap_future;
-use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseActFuture, Supervised,
-};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseActFuture};
 use paho_mqtt as paho;
 use tracing::{debug, error, info, warn};
 
@@ -56,7 +54,7 @@ pub struct MqttEgress {
     /// Most outbox entries handed to paho at once.
     window: usize,
     retry_scheduled: bool,
-    /// Mailbox capacity (`pipeline.mqtt_buffer`).
+    /// Mailbox capacity (`pipeline.outbox_window`).
     mailbox: usize,
 }
 
@@ -209,8 +207,6 @@ impl Actor for MqttEgress {
         self.pump(ctx);
     }
 }
-
-impl Supervised for MqttEgress {}
 
 impl Handler<Link> for MqttEgress {
     type Result = ();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::wrap_future;
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Recipient, StreamHandler, Supervised};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Recipient, StreamHandler};
 use gator_ota_settings::MessageSpec;
 use paho_mqtt as paho;
 use serde_json::Value;
@@ -60,7 +60,7 @@ pub struct IngressConfig {
     /// Messages a previous run held but did not hand on, oldest first.
     pub held: Vec<u64>,
     pub max_payload: usize,
-    /// Inbox backlog past which a warning is logged (`pipeline.mqtt_buffer`).
+    /// Inbox backlog past which a warning is logged (`pipeline.inbox_warning`).
     pub backlog_warning: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -255,8 +255,6 @@ impl Actor for MqttIngress {
         self.connect(ctx, Duration::ZERO);
     }
 }
-
-impl Supervised for MqttIngress {}
 
 /// Hands a message on, then forgets it from the inbox. A message the router
 /// could not take stays there for the next start.

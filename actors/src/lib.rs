@@ -12,8 +12,9 @@
 //!    atomically.
 //! 5. [`egress`] — MQTT egress: `confirm_receipt` and [`status`] messages.
 //!
-//! Stages hold `Recipient`s of the next stage, never concrete actors, and all
-//! of them run under actix supervisors. [`service`] wires them from settings;
+//! Stages hold `Recipient`s of the next stage, never concrete actors.
+//! [`plan`] derives everything from settings (for `run` and `check-config`
+//! alike) and [`service`] starts the actors from the plan;
 //! [`scarecro_topics`] maps received topics to addresses the way SCARECRO does
 //! when the settings come from a SCARECRO folder.
 
@@ -25,6 +26,7 @@ pub mod journal;
 pub mod messages;
 pub mod mqtt;
 pub mod paths;
+pub mod plan;
 pub mod router;
 pub mod s3_carrier;
 pub mod s3_response;
@@ -36,4 +38,5 @@ pub mod status;
 pub mod time;
 pub mod writer;
 
+pub use plan::{Plan, PlanError};
 pub use service::{Service, StartError};

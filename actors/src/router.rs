@@ -1,23 +1,17 @@
 //! The task router: SCARECRO's `on_message` tasks, as a table built once.
 //!
 //! Every envelope goes to each task configured `on_message` for its type.
-//! The table is built from settings at start-up; a task whose carrier is not
-//! running is a start-up error, never a surprise on the first message.
+//! The table is built once, from the plan ([`crate::plan`]), which refuses
+//! a task whose carrier is not an S3 carrier before anything starts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Recipient, ResponseFuture, Supervised};
-use gator_ota_settings::Settings;
+use actix::{Actor, Context, Handler, Recipient, ResponseFuture};
 use tracing::{debug, error};
 
 use crate::messages::{Envelope, RunTask};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    #[error("task `{task}` names carrier `{carrier}`, which is not running")]
-    UnknownCarrier { task: String, carrier: String },
-}
+use crate::plan::TaskPlan;
 
 #[derive(Clone)]
 struct Route {
@@ -31,30 +25,26 @@ pub struct TaskRouter {
 }
 
 impl TaskRouter {
-    /// Builds the table from the settings' tasks and the running carriers.
-    pub fn new(
-        settings: &Settings,
-        carriers: &HashMap<String, Recipient<RunTask>>,
-    ) -> Result<Self, RouteError> {
+    /// Builds the table from the plan's tasks and the running carriers. The
+    /// plan starts a carrier for every task, so none is missing; a task
+    /// whose carrier is absent anyway is left out, with an error logged.
+    pub(crate) fn new(tasks: &[TaskPlan], carriers: &HashMap<String, Recipient<RunTask>>) -> Self {
         let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
-        for (name, task) in &settings.tasks {
-            let carrier =
-                carriers
-                    .get(&task.config_name)
-                    .ok_or_else(|| RouteError::UnknownCarrier {
-                        task: name.clone(),
-                        carrier: task.config_name.clone(),
-                    })?;
+        for task in tasks {
+            let Some(carrier) = carriers.get(&task.carrier) else {
+                error!(task = %task.name, carrier = %task.carrier, "the task's carrier is not running");
+                continue;
+            };
             routes
                 .entry(task.message_type.clone())
                 .or_default()
                 .push(Route {
-                    task: name.as_str().into(),
+                    task: task.name.as_str().into(),
                     function: task.function.as_str().into(),
                     carrier: carrier.clone(),
                 });
         }
-        Ok(Self { routes })
+        Self { routes }
     }
 
     /// Message types some task consumes.
@@ -66,8 +56,6 @@ impl TaskRouter {
 impl Actor for TaskRouter {
     type Context = Context<Self>;
 }
-
-impl Supervised for TaskRouter {}
 
 impl Handler<Envelope> for TaskRouter {
     /// Resolves when every task has accepted the message, which carries a

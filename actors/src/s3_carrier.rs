@@ -7,10 +7,11 @@
 //! Jobs left unfinished by a previous run are queued first.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture, Supervised, WrapFuture};
+use actix::{Actor, AsyncContext, Context, Handler, ResponseFuture, WrapFuture};
 use gator_ota_settings::{Bucket, S3Carrier};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -44,67 +45,94 @@ pub enum StoreSetupError {
     },
 }
 
-/// Opens the carrier's bucket: S3 (or compatible), or a local folder.
-pub fn open_store(
-    name: &str,
-    carrier: &S3Carrier,
-    data_dir: &std::path::Path,
-) -> Result<Arc<dyn ObjectStore>, StoreSetupError> {
-    let store_err = |source| StoreSetupError::Store {
-        carrier: name.to_string(),
-        source,
-    };
-    match carrier.location(data_dir) {
-        Bucket::Folder(dir) => {
-            std::fs::create_dir_all(&dir).map_err(|source| StoreSetupError::Folder {
+/// The carrier's bucket, decided before anything starts: an S3 client is
+/// built (so a bad region or endpoint is refused by `check-config` too); a
+/// local folder is only created when the service starts.
+#[derive(Clone)]
+pub enum StorePlan {
+    Folder { carrier: String, dir: PathBuf },
+    S3(Arc<dyn ObjectStore>),
+}
+
+impl StorePlan {
+    pub fn new(
+        name: &str,
+        carrier: &S3Carrier,
+        data_dir: &std::path::Path,
+    ) -> Result<Self, StoreSetupError> {
+        match carrier.location(data_dir) {
+            Bucket::Folder(dir) => Ok(Self::Folder {
                 carrier: name.to_string(),
-                dir: dir.display().to_string(),
-                source,
-            })?;
-            Ok(Arc::new(
-                LocalFileSystem::new_with_prefix(&dir).map_err(store_err)?,
-            ))
-        }
-        Bucket::S3(bucket) => {
-            let (mode, enabled) = CHECKSUM_MODE;
-            let mut headers = HeaderMap::new();
-            headers.insert(mode, HeaderValue::from_static(enabled));
-            let mut b = AmazonS3Builder::new()
-                .with_bucket_name(bucket)
-                .with_allow_http(carrier.allow_http)
-                .with_client_options(
-                    ClientOptions::new()
-                        .with_connect_timeout(carrier.connect_timeout)
-                        .with_timeout(carrier.timeout)
-                        .with_allow_http(carrier.allow_http)
-                        .with_default_headers(headers),
-                )
-                // Keeps the response headers (encryption, checksums) and types
-                // the answers to ranged GETs; see `s3_response`.
-                .with_http_connector(S3Connector)
-                // Retries of whole jobs, with resume, are the job's business
-                // (`[jobs]`); the client only smooths over a single hiccup.
-                .with_retry(RetryConfig {
-                    max_retries: 1,
-                    retry_timeout: Duration::from_secs(10),
-                    ..RetryConfig::default()
-                });
-            if !carrier.region.is_empty() {
-                b = b.with_region(&carrier.region);
-            }
-            if !carrier.endpoint.is_empty() {
-                b = b
-                    .with_endpoint(&carrier.endpoint)
-                    .with_virtual_hosted_style_request(false);
-            }
-            if !carrier.access_key_id.is_empty() {
-                b = b
-                    .with_access_key_id(&carrier.access_key_id)
-                    .with_secret_access_key(carrier.secret_access_key.expose());
-            }
-            Ok(Arc::new(b.build().map_err(store_err)?))
+                dir,
+            }),
+            Bucket::S3(bucket) => s3_client(name, carrier, &bucket).map(Self::S3),
         }
     }
+
+    /// The store, creating a local bucket folder if it is missing.
+    pub fn open(self) -> Result<Arc<dyn ObjectStore>, StoreSetupError> {
+        match self {
+            Self::S3(store) => Ok(store),
+            Self::Folder { carrier, dir } => {
+                std::fs::create_dir_all(&dir).map_err(|source| StoreSetupError::Folder {
+                    carrier: carrier.clone(),
+                    dir: dir.display().to_string(),
+                    source,
+                })?;
+                let store = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|source| StoreSetupError::Store { carrier, source })?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
+
+fn s3_client(
+    name: &str,
+    carrier: &S3Carrier,
+    bucket: &str,
+) -> Result<Arc<dyn ObjectStore>, StoreSetupError> {
+    let (mode, enabled) = CHECKSUM_MODE;
+    let mut headers = HeaderMap::new();
+    headers.insert(mode, HeaderValue::from_static(enabled));
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_allow_http(carrier.allow_http)
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(carrier.connect_timeout)
+                .with_timeout(carrier.timeout)
+                .with_allow_http(carrier.allow_http)
+                .with_default_headers(headers),
+        )
+        // Keeps the response headers (encryption, checksums) and types
+        // the answers to ranged GETs; see `s3_response`.
+        .with_http_connector(S3Connector)
+        // Retries of whole jobs, with resume, are the job's business
+        // (`[jobs]`); the client only smooths over a single hiccup.
+        .with_retry(RetryConfig {
+            max_retries: 1,
+            retry_timeout: Duration::from_secs(10),
+            ..RetryConfig::default()
+        });
+    if !carrier.region.is_empty() {
+        b = b.with_region(&carrier.region);
+    }
+    if !carrier.endpoint.is_empty() {
+        b = b
+            .with_endpoint(&carrier.endpoint)
+            .with_virtual_hosted_style_request(false);
+    }
+    if !carrier.access_key_id.is_empty() {
+        b = b
+            .with_access_key_id(&carrier.access_key_id)
+            .with_secret_access_key(carrier.secret_access_key.expose());
+    }
+    let store = b.build().map_err(|source| StoreSetupError::Store {
+        carrier: name.to_string(),
+        source,
+    })?;
+    Ok(Arc::new(store))
 }
 
 type Queued = (JobRecord, FirmwareJob);
@@ -118,7 +146,7 @@ pub struct S3CarrierActor {
     concurrency: usize,
     /// Jobs found in the journal at start-up, queued before anything new.
     resumed: Vec<Queued>,
-    /// Set in `started`, so a restarted actor gets a fresh queue and workers.
+    /// Set in `started`, where the workers that read it are spawned.
     queue: Option<mpsc::Sender<Queued>>,
 }
 
@@ -226,8 +254,6 @@ async fn dispatch(
     }
     while jobs.join_next().await.is_some() {}
 }
-
-impl Supervised for S3CarrierActor {}
 
 impl Handler<RunTask> for S3CarrierActor {
     /// Resolves once the job is journalled and queued (or rejected).

@@ -1,31 +1,38 @@
-//! Wiring: settings in, a running supervised pipeline out.
+//! Wiring: a [`Plan`] in, running actors out.
+//!
+//! Every decision from settings is already in the plan; this module makes
+//! the folders, opens the journal and spools, and starts the actors. Nothing
+//! here restarts an actor: a stage handles its own errors (a failed job is a
+//! FAILED status, a lost broker a reconnect), a panic aborts the process
+//! (`panic = "abort"`) and ingress ends it when paho's stream ends, so
+//! systemd restarts the service, and the journal, inbox and outbox make a
+//! restart lose nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Recipient, Supervisor};
-use gator_ota_settings::{Carrier, Direction, S3Carrier, Settings};
+use actix::{Actor, Addr, Recipient};
 use paho_mqtt as paho;
 use tracing::{info, warn};
 
 use crate::egress::{EgressConfig, MqttEgress};
-use crate::firmware::Defaults;
-use crate::ingress::{IngressConfig, MqttIngress, Subscription};
-use crate::job::{Policy, Runner, RunnerParts};
+use crate::ingress::{IngressConfig, MqttIngress};
+use crate::job::{Runner, RunnerParts};
 use crate::journal::{JobRecord, Journal};
 use crate::messages::RunTask;
 use crate::mqtt::{self, MqttSetupError};
 use crate::paths::{Confinement, STATE_DIR};
-use crate::router::{RouteError, TaskRouter};
-use crate::s3_carrier::{S3CarrierActor, StoreSetupError, open_store};
-use crate::scarecro_topics::TopicMap;
-use crate::signature::{KeyError, Keyring};
+use crate::plan::{Plan, S3Plan};
+use crate::router::TaskRouter;
+use crate::s3_carrier::{S3CarrierActor, StoreSetupError};
 use crate::spool::Spool;
 use crate::status::StatusSink;
 use crate::writer::{FsWriter, TEMP_PREFIX};
 
+/// What can still go wrong once the plan is made: the disk and the
+/// libraries' own set-up.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot prepare folder {dir}: {source}")]
@@ -34,20 +41,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "addresses use MQTT carriers {0:?}; gator-ota runs one MQTT connection, so point every address at the same carrier"
-    )]
-    SeveralMqttCarriers(Vec<String>),
-    #[error("no address uses an MQTT carrier")]
-    NoMqttCarrier,
     #[error(transparent)]
     Mqtt(#[from] MqttSetupError),
     #[error(transparent)]
     Store(#[from] StoreSetupError),
-    #[error(transparent)]
-    Route(#[from] RouteError),
-    #[error("firmware signing keys: {0}")]
-    Keys(#[from] KeyError),
+}
+
+fn folder_err(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError {
+    let dir = dir.display().to_string();
+    move |source| StartError::Folder { dir, source }
 }
 
 /// The running pipeline. Dropping it does not stop the actors; call
@@ -59,88 +61,61 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts every actor on the current actix system.
-    pub fn start(settings: &Settings) -> Result<Self, StartError> {
-        let data_dir = &settings.system.data_dir;
-        let folder_err = |dir: &Path| {
-            let dir = dir.display().to_string();
-            move |source| StartError::Folder { dir, source }
-        };
-        std::fs::create_dir_all(data_dir).map_err(folder_err(data_dir))?;
+    /// Starts every actor on the current actix system, in the order each
+    /// needs the next: writer and egress, the S3 carriers, the router, and
+    /// ingress last, so no message arrives before its path exists.
+    pub fn start(plan: Plan) -> Result<Self, StartError> {
+        for dir in plan.folders() {
+            std::fs::create_dir_all(&dir).map_err(folder_err(&dir))?;
+        }
+        let settings = &plan.settings;
+        let state = settings.system.data_dir.join(STATE_DIR);
         let roots = settings.allowed_roots();
         let confinement = Arc::new(Confinement::new(&roots).map_err(folder_err(&roots[0]))?);
         for root in confinement.roots() {
             sweep_temporaries(root, 4);
         }
-
-        let (mqtt_name, mqtt_carrier) = the_mqtt_carrier(settings)?;
-        let state = data_dir.join(STATE_DIR);
-        let client = mqtt::client(mqtt_name, mqtt_carrier)?;
-        let connect = mqtt::connect_options(mqtt_name, mqtt_carrier)?;
+        let client = mqtt::client(&plan.mqtt.name, &plan.mqtt.carrier)?;
 
         let chunks = settings.pipeline.write_chunks;
-        let writer = Supervisor::start(move |_| FsWriter::new(chunks));
-
-        let routes = send_routes(settings);
-        let outbox_dir = state.join("outbox");
-        let (outbox, held) = Spool::open(&outbox_dir).map_err(folder_err(&outbox_dir))?;
-        let egress_cfg = EgressConfig {
-            client: client.clone(),
-            routes,
-            qos: mqtt_carrier.qos,
-            outbox: Arc::new(outbox),
-            held,
-            window: settings.pipeline.mqtt_buffer,
-            mailbox: settings.pipeline.mqtt_buffer,
-        };
-        let egress = Supervisor::start(move |_| MqttEgress::new(egress_cfg));
-
-        let keyring = Arc::new(Keyring::load(
-            &settings.firmware.public_keys,
-            &settings.firmware.public_key_files,
-        )?);
-        let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
-        let journal = Arc::new(journal);
-        let (inbox, held) = open_inbox(&state, &pending).map_err(folder_err(&state))?;
+        let writer = FsWriter::new(chunks).start();
+        let egress = start_egress(&plan, &client, &state)?;
         let status = StatusSink {
             egress: egress.clone().recipient(),
             system_id: settings.system.id.clone(),
         };
+        let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
+        let (inbox, held) = open_inbox(&state, &pending).map_err(folder_err(&state))?;
         let wiring = Wiring {
             writer,
             egress: egress.clone(),
             status: status.clone(),
-            journal,
-            keyring,
+            journal: Arc::new(journal),
             confinement,
         };
-        let carriers = start_s3_carriers(settings, &wiring, pending)?;
+        let carriers = start_s3_carriers(&plan, &wiring, pending)?;
+        let router = TaskRouter::new(&plan.tasks, &carriers).start();
 
-        let router = TaskRouter::new(settings, &carriers)?;
-        let consumed: Vec<String> = router.message_types().map(str::to_string).collect();
-        let router = Supervisor::start(move |_| router);
-
-        let subscriptions = subscriptions(settings, &consumed);
         let cfg = IngressConfig {
             client: client.clone(),
-            connect,
-            subscriptions,
+            connect: plan.mqtt.connect.clone(),
+            subscriptions: plan.subscriptions.clone(),
             specs: settings.messages.clone().into_iter().collect(),
             router: router.recipient(),
-            qos: mqtt_carrier.qos,
+            qos: plan.mqtt.carrier.qos,
             inbox: Arc::new(inbox),
             held,
             max_payload: settings.pipeline.max_payload_bytes,
-            backlog_warning: settings.pipeline.mqtt_buffer,
-            retry_min: mqtt_carrier.reconnect_min,
-            retry_max: mqtt_carrier.reconnect_max,
-            topic_map: TopicMap::from_routes(&mqtt_carrier.scarecro_topics),
-            status: status.clone(),
-            link: egress.clone().recipient(),
+            backlog_warning: settings.pipeline.inbox_warning,
+            retry_min: plan.mqtt.carrier.reconnect_min,
+            retry_max: plan.mqtt.carrier.reconnect_max,
+            topic_map: plan.mqtt.topic_map.clone(),
+            status,
+            link: egress.recipient(),
         };
-        let ingress = Supervisor::start(move |ctx| MqttIngress::create(cfg, ctx));
-        info!(system_id = %settings.system.id, broker = %mqtt_carrier.url,
-            security = %mqtt::describe_tls(mqtt_carrier), "gator-ota started");
+        let ingress = <MqttIngress as Actor>::create(move |ctx| MqttIngress::create(cfg, ctx));
+        info!(system_id = %settings.system.id, broker = %plan.mqtt.carrier.url,
+            security = %mqtt::describe_tls(&plan.mqtt.carrier), "gator-ota started");
         Ok(Self {
             client,
             _ingress: ingress,
@@ -161,43 +136,25 @@ impl Service {
     }
 }
 
-/// Every message type a send address carries, and the topics it goes to.
-fn send_routes(settings: &Settings) -> HashMap<String, Vec<String>> {
-    let mut routes: HashMap<String, Vec<String>> = HashMap::new();
-    for address in settings
-        .addresses
-        .values()
-        .filter(|a| a.send_or_receive == Direction::Send)
-    {
-        for t in &address.message_type {
-            routes
-                .entry(t.clone())
-                .or_default()
-                .push(address.topic.clone());
-        }
-    }
-    routes
-}
-
-/// The receive addresses; a message type a task runs on that none of them
-/// carries is worth a warning, not a refusal.
-fn subscriptions(settings: &Settings, consumed: &[String]) -> Vec<Subscription> {
-    let subscriptions: Vec<Subscription> = settings
-        .addresses
-        .iter()
-        .filter(|(_, a)| a.send_or_receive == Direction::Receive)
-        .map(|(name, a)| Subscription {
-            address: name.clone(),
-            topic: a.topic.clone(),
-            message_types: a.message_type.clone(),
-        })
-        .collect();
-    for t in consumed {
-        if !subscriptions.iter().any(|s| s.message_types.contains(t)) {
-            warn!(message_type = %t, "a task runs on this message type but no receive address carries it");
-        }
-    }
-    subscriptions
+/// MQTT egress with the outbox a previous run left.
+fn start_egress(
+    plan: &Plan,
+    client: &paho::AsyncClient,
+    state: &Path,
+) -> Result<Addr<MqttEgress>, StartError> {
+    let outbox_dir = state.join("outbox");
+    let (outbox, held) = Spool::open(&outbox_dir).map_err(folder_err(&outbox_dir))?;
+    let window = plan.settings.pipeline.outbox_window;
+    let cfg = EgressConfig {
+        client: client.clone(),
+        routes: plan.send_routes.clone(),
+        qos: plan.mqtt.carrier.qos,
+        outbox: Arc::new(outbox),
+        held,
+        window,
+        mailbox: window,
+    };
+    Ok(MqttEgress::new(cfg).start())
 }
 
 /// What every S3 carrier's jobs share.
@@ -206,84 +163,50 @@ struct Wiring {
     egress: Addr<MqttEgress>,
     status: StatusSink,
     journal: Arc<Journal>,
-    keyring: Arc<Keyring>,
     confinement: Arc<Confinement>,
 }
 
 /// One actor per S3 carrier some task names, each with its own store.
 fn start_s3_carriers(
-    settings: &Settings,
+    plan: &Plan,
     wiring: &Wiring,
     pending: Vec<JobRecord>,
 ) -> Result<HashMap<String, Recipient<RunTask>>, StartError> {
     let mut carriers: HashMap<String, Recipient<RunTask>> = HashMap::new();
     let mut pending = Some(pending);
-    for task in settings.tasks.values() {
-        let name = &task.config_name;
-        let Some(Carrier::S3(s3)) = settings.carriers.get(name) else {
-            continue;
-        };
-        if carriers.contains_key(name) {
-            continue;
-        }
-        let mut actor = s3_carrier(settings, name, s3, wiring)?;
+    for s3 in &plan.s3 {
+        let mut actor = s3_carrier(plan, s3, wiring)?;
         // The journal does not say which carrier a job came from; with one
         // firmware carrier (the SCARECRO setup) they all go to it.
         if let Some(p) = pending.take() {
             actor.resume(p);
         }
-        let addr = Supervisor::start(move |_| actor);
-        carriers.insert(name.clone(), addr.recipient());
+        carriers.insert(s3.name.clone(), actor.start().recipient());
     }
     Ok(carriers)
 }
 
-fn s3_carrier(
-    settings: &Settings,
-    name: &str,
-    s3: &S3Carrier,
-    wiring: &Wiring,
-) -> Result<S3CarrierActor, StartError> {
+fn s3_carrier(plan: &Plan, s3: &S3Plan, wiring: &Wiring) -> Result<S3CarrierActor, StartError> {
+    let settings = &plan.settings;
     let runner = Arc::new(Runner::new(RunnerParts {
-        store: open_store(name, s3, &settings.system.data_dir)?,
+        store: s3.store.clone().open()?,
         append: wiring.writer.clone().recipient(),
         commit: wiring.writer.clone().recipient(),
         remove: wiring.writer.clone().recipient(),
         egress: wiring.egress.clone().recipient(),
         status: wiring.status.clone(),
         journal: wiring.journal.clone(),
-        policy: policy(settings, s3, &wiring.keyring),
+        policy: s3.policy.clone(),
         system_id: settings.system.id.clone(),
     }));
     Ok(S3CarrierActor::new(
-        name.to_string(),
+        s3.name.clone(),
         runner,
         wiring.confinement.clone(),
-        Defaults {
-            images_dir: settings.firmware.images_dir.display().to_string(),
-            pointer_file: settings.firmware.pointer_file.display().to_string(),
-            prefix: s3.prefix.clone(),
-        },
+        s3.defaults.clone(),
         settings.pipeline.queue,
         settings.jobs.concurrency,
     ))
-}
-
-fn policy(settings: &Settings, s3: &S3Carrier, keyring: &Arc<Keyring>) -> Policy {
-    Policy {
-        attempts: settings.jobs.attempts,
-        backoff_min: settings.jobs.backoff_min,
-        backoff_max: settings.jobs.backoff_max,
-        idle_timeout: settings.jobs.idle_timeout,
-        header_timeout: s3.header_timeout,
-        reserve_bytes: settings.jobs.reserve_bytes,
-        keep_images: settings.jobs.keep_images,
-        progress_step: settings.jobs.progress_step,
-        max_image_bytes: settings.firmware.max_image_bytes,
-        max_bytes_per_second: s3.max_bytes_per_second,
-        require_signature: settings.firmware.require_signature,
-        keyring: keyring.clone(),
-    }
 }
 
 /// Opens the inbox and returns the messages a previous run held but did not
@@ -303,24 +226,6 @@ fn open_inbox(state: &Path, pending: &[JobRecord]) -> std::io::Result<(Spool, Ve
         );
     }
     Ok((inbox, held))
-}
-
-fn the_mqtt_carrier(
-    settings: &Settings,
-) -> Result<(&str, &gator_ota_settings::MqttCarrier), StartError> {
-    let mut names: Vec<&String> = settings.addresses.values().map(|a| &a.carrier).collect();
-    names.sort();
-    names.dedup();
-    match names.as_slice() {
-        [] => Err(StartError::NoMqttCarrier),
-        [one] => settings
-            .mqtt(one)
-            .map(|m| (one.as_str(), m))
-            .ok_or(StartError::NoMqttCarrier),
-        many => Err(StartError::SeveralMqttCarriers(
-            many.iter().map(|s| s.to_string()).collect(),
-        )),
-    }
 }
 
 /// Removes temporaries a killed process left behind (never at a destination,

@@ -27,7 +27,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use actix::{Actor, Context, Handler, Message, ResponseFuture, Supervised};
+use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use bytes::Bytes;
 use futures::StreamExt;
 use md5::Md5;
@@ -240,8 +240,6 @@ impl FsWriter {
 impl Actor for FsWriter {
     type Context = Context<Self>;
 }
-
-impl Supervised for FsWriter {}
 
 enum Chunk {
     Data(Bytes),

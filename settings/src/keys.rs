@@ -95,8 +95,23 @@ pub(crate) fn check_env_names(env: &Env) -> Result<(), E> {
     ))
 }
 
+/// Keys of earlier versions, with what replaced them: an upgrade that keeps
+/// an old settings file is told exactly what to change.
+const RETIRED: &[(&str, &str)] = &[(
+    "pipeline.mqtt_buffer",
+    "set pipeline.outbox_window (confirms and statuses in flight to the broker) and pipeline.inbox_warning (inbox backlog that is logged) instead; both default to 256",
+)];
+
 fn check_fields(m: &Merged, table: &str, fields: &[&str]) -> Result<(), E> {
-    match m.keys(table).into_iter().find(|k| !fields.contains(k)) {
+    let unknown_key = m.keys(table).into_iter().find(|k| !fields.contains(k));
+    if let Some(k) = unknown_key {
+        let key = format!("{table}.{k}");
+        if let Some((_, fix)) = RETIRED.iter().find(|(old, _)| *old == key) {
+            let problem = format!("was split into two settings{}", m.origin(&key));
+            return Err(E::invalid(key, problem, *fix));
+        }
+    }
+    match unknown_key {
         Some(k) => Err(unknown(
             m,
             &format!("{table}.{k}"),

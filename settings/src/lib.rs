@@ -136,7 +136,12 @@ impl Settings {
 #[serde(deny_unknown_fields)]
 pub struct Pipeline {
     pub queue: usize,
-    pub mqtt_buffer: usize,
+    /// Outbox messages (confirms, final statuses) in flight to the broker
+    /// at once; also MQTT egress's mailbox.
+    pub outbox_window: usize,
+    /// Inbox backlog (messages held on disk, not yet taken by ingress) past
+    /// which a warning is logged. Nothing is dropped.
+    pub inbox_warning: usize,
     pub max_payload_bytes: usize,
     pub write_chunks: usize,
 }

@@ -63,7 +63,8 @@ impl Settings {
     fn validate_pipeline(&self) -> Result<(), E> {
         for (key, v) in [
             ("pipeline.queue", self.pipeline.queue),
-            ("pipeline.mqtt_buffer", self.pipeline.mqtt_buffer),
+            ("pipeline.outbox_window", self.pipeline.outbox_window),
+            ("pipeline.inbox_warning", self.pipeline.inbox_warning),
             (
                 "pipeline.max_payload_bytes",
                 self.pipeline.max_payload_bytes,
