@@ -49,7 +49,7 @@ pub struct MqttEgress {
     qos: i32,
     outbox: Arc<Spool>,
     /// Outbox entries not handed to paho yet, oldest first.
-    pending: VecDeque<u64>,
+    pending: VecDeque<Entry>,
     in_flight: usize,
     /// Most outbox entries handed to paho at once.
     window: usize,
@@ -83,7 +83,7 @@ impl MqttEgress {
             routes: cfg.routes,
             qos: cfg.qos,
             outbox: cfg.outbox,
-            pending: cfg.held.into(),
+            pending: cfg.held.into_iter().map(Entry::from_last_run).collect(),
             in_flight: 0,
             window: cfg.window.max(1),
             retry_scheduled: false,
@@ -94,9 +94,10 @@ impl MqttEgress {
     /// Hands outbox entries to paho while connected and the window allows.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self.in_flight < self.window && self.client.is_connected() {
-            let Some(seq) = self.pending.pop_front() else {
+            let Some(entry) = self.pending.pop_front() else {
                 return;
             };
+            let seq = entry.seq;
             self.in_flight += 1;
             let (client, outbox, qos) = (self.client.clone(), self.outbox.clone(), self.qos);
             let send = async move {
@@ -125,24 +126,25 @@ impl MqttEgress {
             };
             ctx.spawn(wrap_future::<_, Self>(send).map(move |sent, act, ctx| {
                 act.in_flight -= 1;
-                act.settle(seq, sent, ctx);
+                act.settle(entry, sent, ctx);
             }));
         }
     }
 
-    fn settle(&mut self, seq: u64, sent: Sent, ctx: &mut Context<Self>) {
+    fn settle(&mut self, entry: Entry, sent: Sent, ctx: &mut Context<Self>) {
+        let (seq, msg_id) = (entry.seq, entry.job());
         match sent {
             Sent::Acknowledged(topic) => {
-                debug!(%topic, seq, "the broker acknowledged an outbox message");
+                debug!(%msg_id, %topic, seq, "the broker acknowledged an outbox message");
                 self.forget(seq, ctx);
             }
             Sent::Unreadable(e) => {
-                error!(seq, error = %e, "an outbox message cannot be read; dropped");
+                error!(%msg_id, seq, error = %e, "an outbox message cannot be read; dropped");
                 self.forget(seq, ctx);
             }
             Sent::Refused(e) => {
-                warn!(seq, error = %e, "the broker did not acknowledge an outbox message; it is sent again");
-                self.pending.push_front(seq);
+                warn!(%msg_id, seq, error = %e, "the broker did not acknowledge an outbox message; it is sent again");
+                self.pending.push_front(entry);
                 self.schedule_retry(ctx);
             }
         }
@@ -171,22 +173,42 @@ impl MqttEgress {
 
     /// Best effort: a progress status missed during an outage is stale by
     /// the time the broker is back.
-    fn send_now(&self, topics: Vec<String>, payload: Vec<u8>, message_type: String) {
+    fn send_now(&self, msg: &Publish, topics: Vec<String>, payload: Vec<u8>) {
+        let (msg_id, message_type) = (msg.msg_id.clone(), msg.message_type.clone());
         if !self.client.is_connected() {
-            debug!(%message_type, "not connected to the broker; status not sent");
+            debug!(%msg_id, %message_type, "not connected to the broker; status not sent");
             return;
         }
         for topic in topics {
             let token = self
                 .client
                 .publish(paho::Message::new(&topic, payload.clone(), self.qos));
-            let message_type = message_type.clone();
+            let (msg_id, message_type) = (msg_id.clone(), message_type.clone());
             actix::spawn(async move {
                 if let Err(e) = token.await {
-                    debug!(%topic, %message_type, error = %e, "status not delivered");
+                    debug!(%msg_id, %topic, %message_type, error = %e, "status not delivered");
                 }
             });
         }
+    }
+}
+
+/// An outbox entry and, when this run put it there, the job it is about
+/// (entries a previous run left are known by their number alone).
+#[derive(Clone)]
+struct Entry {
+    seq: u64,
+    msg_id: Option<Arc<str>>,
+}
+
+impl Entry {
+    fn from_last_run(seq: u64) -> Self {
+        Self { seq, msg_id: None }
+    }
+
+    /// For log fields: the job's msg_id, or `-` when not known.
+    fn job(&self) -> &str {
+        self.msg_id.as_deref().unwrap_or("-")
     }
 }
 
@@ -239,11 +261,11 @@ impl Handler<Publish> for MqttEgress {
         };
         if topics.is_empty() {
             // Optional messages (firmware_status) are off without an address.
-            debug!(message_type = %msg.message_type, "no send address carries this message type");
+            debug!(msg_id = %msg.msg_id, message_type = %msg.message_type, "no send address carries this message type");
             return Box::pin(actix::fut::ready(Ok(())));
         }
         if !msg.durable {
-            self.send_now(topics, payload, msg.message_type);
+            self.send_now(&msg, topics, payload);
             return Box::pin(actix::fut::ready(Ok(())));
         }
         let outbox = self.outbox.clone();
@@ -253,9 +275,14 @@ impl Handler<Publish> for MqttEgress {
                 .map(|t| outbox.put(t, &payload))
                 .collect::<std::io::Result<Vec<u64>>>()
         });
-        Box::pin(wrap_future::<_, Self>(hold).map(|held, act, ctx| {
+        let msg_id = msg.msg_id;
+        Box::pin(wrap_future::<_, Self>(hold).map(move |held, act, ctx| {
             let seqs = held.and_then(|r| r).map_err(PublishError::Outbox)?;
-            act.pending.extend(seqs);
+            debug!(%msg_id, message_type = %msg.message_type, ?seqs, "held in the outbox");
+            act.pending.extend(seqs.into_iter().map(|seq| Entry {
+                seq,
+                msg_id: Some(msg_id.clone()),
+            }));
             act.pump(ctx);
             Ok(())
         }))

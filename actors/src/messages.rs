@@ -55,6 +55,8 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, TransferError>>;
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), crate::egress::PublishError>")]
 pub struct Publish {
+    /// The job it is about, for egress's log lines.
+    pub msg_id: Arc<str>,
     pub message_type: String,
     pub content: serde_json::Value,
     pub durable: bool,

@@ -150,6 +150,7 @@ impl StatusSink {
             content["detail"] = json!(detail);
         }
         Publish {
+            msg_id: msg_id.into(),
             message_type: MESSAGE_TYPE.into(),
             content,
             durable,

@@ -203,6 +203,7 @@ impl Runner {
             return true;
         }
         let confirm = Publish {
+            msg_id: job.msg_id.as_str().into(),
             message_type: "confirm_receipt".into(),
             content: serde_json::json!({
                 "id": self.system_id,
