@@ -57,15 +57,18 @@ fn gateway_folder(world: &World) -> PathBuf {
     configs
 }
 
-/// What an operator adds on top of the folder: where to keep data, the
-/// S3-compatible endpoint, faster reconnects for a test.
-fn operator_settings(world: &World) -> PathBuf {
+/// What an operator adds on top of the folder: where to keep data (when
+/// `data_dir` is given), the S3-compatible endpoint, faster reconnects for
+/// a test.
+fn operator_settings(world: &World, data_dir: Option<&Path>) -> PathBuf {
     let file = world.dir.path().join("gator-ota.toml");
+    let system = data_dir.map_or(String::new(), |d| {
+        format!("[system]\ndata_dir = {:?}\n", d.display().to_string())
+    });
     std::fs::write(
         &file,
         format!(
-            "[system]\n\
-             data_dir = {data:?}\n\
+            "{system}\
              [carriers.s3_firmware_ota]\n\
              endpoint = {endpoint:?}\n\
              allow_http = true\n\
@@ -74,7 +77,6 @@ fn operator_settings(world: &World) -> PathBuf {
              [carriers.cloud_mqtt]\n\
              reconnect_min = \"100ms\"\n\
              reconnect_max = \"1s\"\n",
-            data = world.data_dir().display().to_string(),
             endpoint = world.s3.endpoint(),
         ),
     )
@@ -82,22 +84,14 @@ fn operator_settings(world: &World) -> PathBuf {
     file
 }
 
-#[test]
-fn the_example_gateway_folder_delivers_firmware_end_to_end() {
-    let world = World::new();
-    world.s3.create_bucket(EXAMPLE_BUCKET);
-    let sha = world.s3.put_random_object(
-        EXAMPLE_BUCKET,
-        "data-gator/gator_2.1.0.bin",
-        2 * 1024 * 1024 + 3,
-        7,
-    );
-    let configs = gateway_folder(&world);
-    let settings = operator_settings(&world);
-    // The folder through the settings key, secrets through the environment
-    // (they override the placeholders in carriers/s3_base.json).
+/// The example gateway running: the folder through the settings key,
+/// secrets through the environment (they override the placeholders in
+/// carriers/s3_base.json).
+fn example_gateway(world: &World, data_dir: Option<&Path>) -> Gateway {
+    let configs = gateway_folder(world);
+    let settings = operator_settings(world, data_dir);
     let v = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let gw = Gateway::start(vec![
+    Gateway::start(vec![
         v("GATOR_OTA_SETTINGS", settings.to_str().unwrap()),
         v(
             "GATOR_OTA__SYSTEM__SCARECRO_CONFIGS",
@@ -111,7 +105,64 @@ fn the_example_gateway_folder_delivers_firmware_end_to_end() {
             "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__SECRET_ACCESS_KEY",
             SECRET_KEY,
         ),
-    ]);
+    ])
+}
+
+/// SCARECRO's s3.py opens a message's relative paths from the folder it
+/// runs in (the one holding `configs/`); so does the drop-in, unless the
+/// operator names `system.data_dir` or `firmware.allowed_roots`.
+#[test]
+fn relative_message_paths_land_in_scarecro_s_working_folder() {
+    let world = World::new();
+    world.s3.create_bucket(EXAMPLE_BUCKET);
+    let sha = world
+        .s3
+        .put_random_object(EXAMPLE_BUCKET, "data-gator/gator_2.2.0.bin", 70_001, 3);
+    let gw = example_gateway(&world, None);
+    let confirms = Subscriber::new(&world.broker.url(), "confirm_receipt");
+    publish(
+        &world.broker.url(),
+        "firmware_image",
+        &json!({
+            "id": "cloud-9",
+            "time": "2026-11-27T10:00:00.000000",
+            "file_name": "datagator_v2.2.0.bin",
+            "cloud_path": "data-gator/gator_2.2.0.bin",
+            "disk_path": "generated_data/firmware/datagator_v2.2.0.bin",
+            "config_path": "generated_data/current_version.txt",
+        })
+        .to_string(),
+    );
+    confirms
+        .recv_json(DEADLINE)
+        .unwrap_or_else(|| panic!("a confirm_receipt; log:\n{}", gw.log()));
+    let working = world.dir.path();
+    let image = working.join("generated_data/firmware/datagator_v2.2.0.bin");
+    assert_eq!(sha256_file(&image), sha);
+    assert_eq!(
+        std::fs::read_to_string(working.join("generated_data/current_version.txt")).unwrap(),
+        "datagator_v2.2.0.bin"
+    );
+    assert!(working.join("gator-ota-data/.gator-ota").is_dir());
+    assert!(!world.data_dir().exists());
+    assert!(
+        gw.log().contains("resolve against") && gw.log().contains("SCARECRO's working folder"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn the_example_gateway_folder_delivers_firmware_end_to_end() {
+    let world = World::new();
+    world.s3.create_bucket(EXAMPLE_BUCKET);
+    let sha = world.s3.put_random_object(
+        EXAMPLE_BUCKET,
+        "data-gator/gator_2.1.0.bin",
+        2 * 1024 * 1024 + 3,
+        7,
+    );
+    let gw = example_gateway(&world, Some(&world.data_dir()));
     // `$msg_type` made the send topic "confirm_receipt".
     let confirms = Subscriber::new(&world.broker.url(), "confirm_receipt");
 

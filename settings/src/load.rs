@@ -96,10 +96,27 @@ pub(crate) fn load_layers(
             .carriers
             .insert(name.clone(), carrier(&merged, name)?);
     }
+    if let Some(layer) = scarecro
+        && !merged.set_above_defaults("system.data_dir")
+        && !merged.set_above_defaults("firmware.allowed_roots")
+    {
+        in_scarecro_working_dir(&mut settings, layer.working_dir());
+    }
     apply_secret_files_and_aws_env(&mut settings, env)
         .and_then(|()| settings.validate())
         .map_err(|e| merged.locate(e))?;
     Ok(settings)
+}
+
+/// A drop-in for SCARECRO's s3.py writes where it wrote: a message's
+/// relative `disk_path` and `config_path` open from SCARECRO's working
+/// folder, so the web server that already serves that folder keeps seeing
+/// new images. The state folder goes there too, unless given as absolute.
+fn in_scarecro_working_dir(settings: &mut Settings, working_dir: &Path) {
+    settings.firmware.allowed_roots = vec![working_dir.to_path_buf()];
+    if settings.system.data_dir.is_relative() {
+        settings.system.data_dir = working_dir.join(&settings.system.data_dir);
+    }
 }
 
 /// Carriers differ by `source`, so each table is read by what it says it is.

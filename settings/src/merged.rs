@@ -162,6 +162,14 @@ impl Merged {
         }
     }
 
+    /// Whether the operator's file or the environment set `key` (an empty
+    /// list counts); the embedded defaults and a SCARECRO folder do not.
+    pub(crate) fn set_above_defaults(&self, key: &str) -> bool {
+        self.get(key)
+            .and_then(|v| v.origin())
+            .is_some_and(|o| Some(o) != self.folder.as_deref())
+    }
+
     /// `e` with where its key was set, for errors found after typing.
     pub(crate) fn locate(&self, e: E) -> E {
         match e {

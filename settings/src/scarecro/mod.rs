@@ -100,14 +100,31 @@ pub fn load_all_with_env(
     let layer = Layer {
         tree: mapped.tree,
         origin: dir.display().to_string(),
+        working_dir: working_dir(folder.dir()),
     };
     let mut settings = load_layers(file, Some(&layer), env)?;
     // The command line wins over a folder the settings file names; show the one used.
     settings.system.scarecro_configs = folder.dir().to_path_buf();
+    let mut report = mapped.report;
+    if settings.firmware.allowed_roots == [layer.working_dir.clone()] {
+        report.notes.push(format!(
+            "relative disk_path and config_path values resolve against {}, SCARECRO's working folder, as in SCARECRO, \
+             and gator-ota keeps its state in {}; set firmware.allowed_roots or system.data_dir to write elsewhere",
+            layer.working_dir.display(),
+            settings.system.data_dir.display()
+        ));
+    }
     Ok(Loaded {
         settings,
-        scarecro: Some(mapped.report),
+        scarecro: Some(report),
     })
+}
+
+/// The folder SCARECRO runs in: the one that holds `configs/`. SCARECRO
+/// opens a message's relative `disk_path` and `config_path` from there.
+fn working_dir(configs: &Path) -> PathBuf {
+    let configs = std::path::absolute(configs).unwrap_or_else(|_| configs.to_path_buf());
+    configs.parent().map_or(configs.clone(), Path::to_path_buf)
 }
 
 /// `system.scarecro_configs` from the environment or the settings file. It
@@ -162,9 +179,16 @@ fn templates() -> mapping::Templates {
 pub(crate) struct Layer {
     tree: serde_json::Map<String, Value>,
     origin: String,
+    working_dir: PathBuf,
 }
 
 impl Layer {
+    /// Where relative message paths go unless the settings name
+    /// `system.data_dir` or `firmware.allowed_roots`.
+    pub(crate) fn working_dir(&self) -> &Path {
+        &self.working_dir
+    }
+
     /// How values from this layer name their origin.
     pub(crate) fn origin(&self) -> &str {
         &self.origin
