@@ -214,7 +214,7 @@ pub(crate) fn closest<'c>(
 }
 
 /// The field names of `T`, as its derived `Deserialize` announces them.
-fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut found: &'static [&'static str] = &[];
     let _ = T::deserialize(FieldProbe(&mut found));
     found
