@@ -5,9 +5,9 @@
 //! `confirm_receipt`, and checks the installed bytes.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gator_ota_actors::mqtt::{connect_failure_hint, normalise_url, ssl_options};
 use gator_ota_settings::{Bucket, Carrier, Direction, Settings};
@@ -40,6 +40,41 @@ pub fn publish_sample(args: &SampleArgs) -> ExitCode {
 }
 
 fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
+    let (bucket, key) = sample_location(settings)?;
+    let sha = write_sample(&bucket.join(&key), args.size)
+        .map_err(|e| format!("cannot write the sample image: {e}"))?;
+    println!(
+        "sample image: {} ({} bytes, sha256 {sha})",
+        bucket.join(&key).display(),
+        args.size
+    );
+    let receive = topic_for(settings, Direction::Receive, "firmware_image")?;
+    let confirm = topic_for(settings, Direction::Send, "confirm_receipt")?;
+    let (client, rx) = connect(settings)?;
+    client.subscribe(&confirm, 1).map_err(|e| e.to_string())?;
+
+    let msg_id = format!("sample-{}", chrono::Utc::now().timestamp_millis());
+    let firmware_image = serde_json::json!({
+        "id": msg_id,
+        "time": gator_ota_actors::time::now(),
+        "file_name": SAMPLE_FILE,
+        "cloud_path": key,
+        "confirm_receipt": true,
+    });
+    client
+        .publish(paho::Message::new(&receive, firmware_image.to_string(), 1))
+        .map_err(|e| e.to_string())?;
+    println!("published firmware_image on {receive}:\n  {firmware_image}");
+    println!("waiting for confirm_receipt on {confirm} ...");
+    let content = wait_for_confirm(&rx, args.timeout)?;
+    println!("confirm_receipt:\n  {content}");
+    let _ = client.disconnect(None);
+    check_installed(settings, &sha)
+}
+
+/// The local bucket folder of the firmware task's carrier, and the key the
+/// sample goes under (inside the carrier's prefix).
+fn sample_location(settings: &Settings) -> Result<(PathBuf, String), String> {
     let task = settings
         .tasks
         .values()
@@ -57,16 +92,12 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
     } else {
         format!("{prefix}/{SAMPLE_FILE}.bin")
     };
-    let sha = write_sample(&bucket.join(&key), args.size)
-        .map_err(|e| format!("cannot write the sample image: {e}"))?;
-    println!(
-        "sample image: {} ({} bytes, sha256 {sha})",
-        bucket.join(&key).display(),
-        args.size
-    );
+    Ok((bucket, key))
+}
 
-    let receive = topic_for(settings, Direction::Receive, "firmware_image")?;
-    let confirm = topic_for(settings, Direction::Send, "confirm_receipt")?;
+/// A client of the service's broker, with the service's TLS settings (CA,
+/// client certificate, host check), consuming before it connects.
+fn connect(settings: &Settings) -> Result<(paho::Client, Receiver), String> {
     let mqtt_name = settings
         .addresses
         .values()
@@ -89,7 +120,6 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
         opts.user_name(&mqtt.username)
             .password(mqtt.password.expose());
     }
-    // The same TLS settings as the service: CA, client certificate, host check.
     if let Some(ssl) = ssl_options(&mqtt_name, mqtt).map_err(|e| e.to_string())? {
         opts.ssl_options(ssl);
     }
@@ -97,29 +127,19 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
         let hint = connect_failure_hint(&normalise_url(&mqtt.url), &e);
         format!("cannot reach the broker at {}: {e}; {hint}", mqtt.url)
     })?;
-    client.subscribe(&confirm, 1).map_err(|e| e.to_string())?;
+    Ok((client, rx))
+}
 
-    let msg_id = format!("sample-{}", chrono::Utc::now().timestamp_millis());
-    let firmware_image = serde_json::json!({
-        "id": msg_id,
-        "time": gator_ota_actors::time::now(),
-        "file_name": SAMPLE_FILE,
-        "cloud_path": key,
-        "confirm_receipt": true,
-    });
-    client
-        .publish(paho::Message::new(&receive, firmware_image.to_string(), 1))
-        .map_err(|e| e.to_string())?;
-    println!("published firmware_image on {receive}:\n  {firmware_image}");
-    println!("waiting for confirm_receipt on {confirm} ...");
+type Receiver = paho::SyncReceiver<Option<paho::Message>>;
 
-    let deadline = Instant::now() + args.timeout;
+/// The confirm_receipt for the sample, or why none came in time.
+fn wait_for_confirm(rx: &Receiver, timeout: Duration) -> Result<serde_json::Value, String> {
+    let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!(
-                "no confirm_receipt within {:?}; is `gator-ota run` running with the same settings? Its log says why a job failed",
-                args.timeout
+                "no confirm_receipt within {timeout:?}; is `gator-ota run` running with the same settings? Its log says why a job failed"
             ));
         }
         let Ok(Some(msg)) = rx.recv_timeout(left) else {
@@ -128,34 +148,36 @@ fn publish(settings: &Settings, args: &SampleArgs) -> Result<(), String> {
         let Ok(content) = serde_json::from_slice::<serde_json::Value>(msg.payload()) else {
             continue;
         };
-        if content["file_name"] != SAMPLE_FILE {
-            continue;
+        if content["file_name"] == SAMPLE_FILE {
+            return Ok(content);
         }
-        println!("confirm_receipt:\n  {content}");
-        let installed = settings.allowed_roots()[0]
-            .join(&settings.firmware.images_dir)
-            .join(format!("{SAMPLE_FILE}.bin"));
-        let pointer = settings.allowed_roots()[0].join(&settings.firmware.pointer_file);
-        let got = std::fs::read(&installed).map(|b| hex(&Sha256::digest(b)));
-        match got {
-            Ok(h) if h == sha => println!(
-                "installed image {} matches (sha256 {h})",
-                installed.display()
-            ),
-            Ok(h) => {
-                return Err(format!(
-                    "installed image {} differs: sha256 {h}",
-                    installed.display()
-                ));
-            }
-            Err(e) => println!("(cannot read {} from here: {e})", installed.display()),
-        }
-        if let Ok(p) = std::fs::read_to_string(&pointer) {
-            println!("pointer {} names {p:?}", pointer.display());
-        }
-        let _ = client.disconnect(None);
-        return Ok(());
     }
+}
+
+/// The installed bytes against the sample's checksum, and the pointer.
+fn check_installed(settings: &Settings, sha: &str) -> Result<(), String> {
+    let root = &settings.allowed_roots()[0];
+    let installed = root
+        .join(&settings.firmware.images_dir)
+        .join(format!("{SAMPLE_FILE}.bin"));
+    let pointer = root.join(&settings.firmware.pointer_file);
+    match std::fs::read(&installed).map(|b| hex(&Sha256::digest(b))) {
+        Ok(h) if h == sha => println!(
+            "installed image {} matches (sha256 {h})",
+            installed.display()
+        ),
+        Ok(h) => {
+            return Err(format!(
+                "installed image {} differs: sha256 {h}",
+                installed.display()
+            ));
+        }
+        Err(e) => println!("(cannot read {} from here: {e})", installed.display()),
+    }
+    if let Ok(p) = std::fs::read_to_string(&pointer) {
+        println!("pointer {} names {p:?}", pointer.display());
+    }
+    Ok(())
 }
 
 fn topic_for(settings: &Settings, dir: Direction, message_type: &str) -> Result<String, String> {
