@@ -215,6 +215,9 @@ fn s3_carrier(plan: &Plan, s3: &S3Plan, wiring: &Wiring) -> Result<S3CarrierActo
 fn open_inbox(state: &Path, pending: &[JobRecord]) -> std::io::Result<(Spool, Vec<u64>)> {
     let (inbox, held) = Spool::open(&state.join("inbox"))?;
     let journaled: HashSet<u64> = pending.iter().filter_map(|r| r.receipt).collect();
+    if let Some(&last) = journaled.iter().max() {
+        inbox.number_after(last);
+    }
     let (done, held): (Vec<u64>, Vec<u64>) = held.into_iter().partition(|s| journaled.contains(s));
     for seq in done {
         inbox.remove(seq);
@@ -253,5 +256,36 @@ fn sweep_temporaries(dir: &Path, depth: usize) {
         } else if kind.is_dir() && depth > 0 {
             sweep_temporaries(&entry.path(), depth - 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(receipt: u64) -> JobRecord {
+        JobRecord {
+            seq: 1,
+            msg_id: format!("m{receipt}"),
+            content: serde_json::json!({}),
+            state: crate::journal::JobState::Queued,
+            etag: None,
+            receipt: Some(receipt),
+        }
+    }
+
+    /// A job journaled from inbox entry 5 is still running when the service
+    /// restarts with an empty inbox; the next message must not become entry
+    /// 5, or a later start would drop it as that job's.
+    #[test]
+    fn new_inbox_entries_never_take_the_number_of_a_journaled_job() {
+        let state = tempfile::tempdir().unwrap();
+        let (inbox, held) = open_inbox(state.path(), &[record(5)]).unwrap();
+        assert!(held.is_empty());
+        let seq = inbox.put("t", b"new").unwrap();
+        assert!(seq > 5, "new entry numbered {seq}");
+        drop(inbox);
+        let (_, held) = open_inbox(state.path(), &[record(5)]).unwrap();
+        assert_eq!(held, vec![seq], "the new message is kept");
     }
 }

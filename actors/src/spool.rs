@@ -60,6 +60,15 @@ impl Spool {
         ))
     }
 
+    /// Numbers every later message above `seq`. A journal record names the
+    /// inbox entry its job came from; an entry emptied and reopened would
+    /// otherwise number new messages from 1 again, and a new message could
+    /// take the number of a job still in the journal and be thrown away as
+    /// already taken.
+    pub fn number_after(&self, seq: u64) {
+        self.next.fetch_max(seq + 1, Ordering::Relaxed);
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
