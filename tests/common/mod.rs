@@ -261,16 +261,22 @@ impl Gateway {
         panic!("timed out waiting for {what}; log:\n{}", self.log());
     }
 
-    /// Waits until the log holds `needle` at least `n` times.
+    /// Waits until the log holds `needle` at least `n` times. The deadline
+    /// is for progress: it restarts whenever the count grows, so hundreds
+    /// of jobs on a loaded machine are waited for as long as they move.
     pub fn wait_count(&self, needle: &str, n: usize) {
         let what = format!("{n} × {needle:?} in the gateway log");
         let mut last = 0;
-        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut deadline = std::time::Instant::now() + DEADLINE;
         while std::time::Instant::now() < deadline {
-            last = self.count(needle);
-            if last >= n {
+            let now = self.count(needle);
+            if now >= n {
                 return;
             }
+            if now > last {
+                deadline = std::time::Instant::now() + DEADLINE;
+            }
+            last = now;
             if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
                 std::thread::sleep(Duration::from_millis(100)); // let the log reader drain
                 panic!(
@@ -281,7 +287,7 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "timed out waiting for {what} (saw {last}); log:\n{}",
+            "timed out waiting for {what} (saw {last}, none more for {DEADLINE:?}); log:\n{}",
             self.log()
         );
     }
