@@ -387,7 +387,8 @@ fn a_burst_larger_than_every_queue_is_processed_whole_and_in_order() {
     let mut env = env_with(&world, MIB);
     for (k, v) in [
         ("GATOR_OTA__PIPELINE__QUEUE", "1"),
-        ("GATOR_OTA__PIPELINE__MQTT_BUFFER", "1"),
+        ("GATOR_OTA__PIPELINE__OUTBOX_WINDOW", "1"),
+        ("GATOR_OTA__PIPELINE__INBOX_WARNING", "1"),
         ("GATOR_OTA__JOBS__CONCURRENCY", "1"),
     ] {
         env.push((k.into(), v.into()));
