@@ -148,8 +148,8 @@ fn check_config_refuses_unknown_keys_and_wrong_types_by_their_full_key() {
     );
 }
 
-/// What only the service's plan can tell (a second MQTT connection, a PEM
-/// file that holds no key, a key of an earlier version): `check-config`
+/// What only the service's plan can tell (an MQTT carrier's name unfit for
+/// its state folder, a PEM file that holds no key): `check-config`
 /// refuses it with the same words `run` stops with, before `run` touches
 /// the disk or the network.
 #[test]
@@ -167,9 +167,9 @@ fn check_config_refuses_what_run_refuses_with_the_same_words() {
     let defaults = include_str!("../settings/default.toml");
     let mqtt = &defaults[defaults.find("[carriers.mqtt]").unwrap()..];
     let mqtt = &mqtt[..mqtt[1..].find("\n[").unwrap() + 1];
-    let local = mqtt.replace("[carriers.mqtt]", "[carriers.local]");
+    let local = mqtt.replace("[carriers.mqtt]", "[carriers.\"local broker\"]");
     let second_broker = format!(
-        "{local}\n[addresses.local_status]\ncarrier = \"local\"\ntopic = \"local/status\"\n\
+        "{local}\n[addresses.local_status]\ncarrier = \"local broker\"\ntopic = \"local/status\"\n\
          send_or_receive = \"send\"\nduration = \"always\"\nmessage_type = [\"confirm_receipt\"]\n\
          [system]\ndata_dir = \"{data_dir}\"\n"
     );
@@ -180,8 +180,8 @@ fn check_config_refuses_what_run_refuses_with_the_same_words() {
     for (toml, key, words) in [
         (
             second_broker.as_str(),
-            "addresses.local_status.carrier",
-            "gator-ota runs one MQTT connection",
+            "carriers.local broker",
+            "names its folder in the state folder",
         ),
         (
             bad_key.as_str(),

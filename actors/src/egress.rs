@@ -9,12 +9,15 @@
 //! can drop a confirm. Other messages (progress statuses) go out only while
 //! the broker is connected.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::wrap_future;
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseActFuture};
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, ResponseActFuture,
+    ResponseFuture,
+};
 use paho_mqtt as paho;
 use tracing::{debug, error, info, warn};
 
@@ -27,6 +30,8 @@ pub enum PublishError {
     Encode(#[from] serde_json::Error),
     #[error("cannot write the outbox: {0}")]
     Outbox(std::io::Error),
+    #[error("MQTT egress of carrier `{0}` is not running")]
+    Stopped(Arc<str>),
 }
 
 /// How long an unacknowledged publish may stay with paho before it is sent
@@ -286,5 +291,66 @@ impl Handler<Publish> for MqttEgress {
             act.pump(ctx);
             Ok(())
         }))
+    }
+}
+
+/// One MQTT carrier's egress, and the message types its send addresses carry.
+pub struct Route {
+    pub carrier: Arc<str>,
+    pub egress: Recipient<Publish>,
+    pub message_types: HashSet<String>,
+}
+
+/// Hands each message to the egress of every MQTT carrier whose send
+/// addresses carry its type: confirms to the cloud's broker, statuses to
+/// whichever brokers an address asks for them on. A durable message is
+/// accepted once every one of those outboxes holds it; a progress status
+/// is offered to each, never waited for.
+pub struct Fanout {
+    routes: Vec<Route>,
+    mailbox: usize,
+}
+
+impl Fanout {
+    pub fn new(routes: Vec<Route>, mailbox: usize) -> Self {
+        Self { routes, mailbox }
+    }
+}
+
+impl Actor for Fanout {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Statuses arrive with `try_send`, as they would at one egress.
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+impl Handler<Publish> for Fanout {
+    type Result = ResponseFuture<Result<(), PublishError>>;
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
+        let targets: Vec<(Arc<str>, Recipient<Publish>)> = self
+            .routes
+            .iter()
+            .filter(|r| r.message_types.contains(&msg.message_type))
+            .map(|r| (r.carrier.clone(), r.egress.clone()))
+            .collect();
+        if targets.is_empty() {
+            debug!(msg_id = %msg.msg_id, message_type = %msg.message_type, "no send address carries this message type");
+        }
+        Box::pin(async move {
+            for (carrier, egress) in targets {
+                if !msg.durable {
+                    let _ = egress.try_send(msg.clone());
+                    continue;
+                }
+                match egress.send(msg.clone()).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(PublishError::Stopped(carrier)),
+                }
+            }
+            Ok(())
+        })
     }
 }

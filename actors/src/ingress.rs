@@ -18,7 +18,7 @@ use serde_json::Value;
 use tracing::{debug, error, info, warn};
 
 use crate::egress::Link;
-use crate::messages::Envelope;
+use crate::messages::{Envelope, Receipt};
 use crate::mqtt::{self, topic_matches};
 use crate::scarecro_topics::TopicMap;
 use crate::spool::{self, Spool, Spooled};
@@ -34,6 +34,10 @@ pub struct Subscription {
 }
 
 pub struct MqttIngress {
+    /// The MQTT carrier's name, for log lines.
+    carrier: Arc<str>,
+    /// How journal records name this carrier's inbox (`None`: the main one).
+    inbox_of: Option<Arc<str>>,
     status: StatusSink,
     client: paho::AsyncClient,
     connect: paho::ConnectOptions,
@@ -49,6 +53,10 @@ pub struct MqttIngress {
 
 /// Everything ingress is built from.
 pub struct IngressConfig {
+    pub carrier: Arc<str>,
+    /// `None` for the main carrier, whose inbox journal records name by
+    /// number alone; the carrier's name for the others.
+    pub inbox_of: Option<Arc<str>>,
     pub client: paho::AsyncClient,
     pub connect: paho::ConnectOptions,
     pub subscriptions: Vec<Subscription>,
@@ -89,23 +97,29 @@ impl MqttIngress {
         let topics: Vec<String> = cfg.subscriptions.iter().map(|s| s.topic.clone()).collect();
         let qos = vec![cfg.qos; topics.len()];
         let (up, down) = (cfg.link.clone(), cfg.link);
+        let (name, lost) = (cfg.carrier.clone(), cfg.carrier.clone());
         client.set_connected_callback(move |c| {
-            info!("connected to the broker");
+            info!(carrier = %name, "connected to the broker");
             up.do_send(Link { up: true });
             let token = c.subscribe_many(&topics, &qos);
             let topics = topics.clone();
             // The callback runs on paho's thread, which must not block; the
             // acknowledgement is awaited on a short-lived thread instead.
+            let name = name.clone();
             std::thread::spawn(move || match token.wait() {
-                Ok(_) => info!(?topics, "subscribed"),
-                Err(e) => error!(?topics, error = %e, "the broker refused the subscription"),
+                Ok(_) => info!(carrier = %name, ?topics, "subscribed"),
+                Err(e) => {
+                    error!(carrier = %name, ?topics, error = %e, "the broker refused the subscription")
+                }
             });
         });
         client.set_connection_lost_callback(move |_| {
-            warn!("lost the broker connection; reconnecting");
+            warn!(carrier = %lost, "lost the broker connection; reconnecting");
             down.do_send(Link { up: false });
         });
         Self {
+            carrier: cfg.carrier,
+            inbox_of: cfg.inbox_of,
             client,
             connect: cfg.connect,
             subscriptions: cfg.subscriptions,
@@ -149,7 +163,7 @@ impl MqttIngress {
                 Err(e) => {
                     let next = (act.retry * 2).min(act.retry_max);
                     let hint = mqtt::connect_failure_hint(&act.client.server_uri(), &e);
-                    warn!(error = %e, retry_in = ?act.retry, hint, "cannot reach the broker");
+                    warn!(carrier = %act.carrier, error = %e, retry_in = ?act.retry, hint, "cannot reach the broker");
                     let wait = act.retry;
                     act.retry = next;
                     act.connect(ctx, wait);
@@ -260,15 +274,16 @@ impl Actor for MqttIngress {
 /// could not take stays there for the next start.
 async fn deliver(
     disposition: Disposition,
-    seq: Option<u64>,
+    receipt: Option<Receipt>,
     router: Recipient<Envelope>,
     status: StatusSink,
     inbox: Arc<Spool>,
 ) {
+    let seq = receipt.as_ref().map(|r| r.seq);
     match disposition {
         Disposition::Route(envelopes) => {
             for mut env in envelopes {
-                env.receipt = seq;
+                env.receipt = receipt.clone();
                 info!(msg_id = %env.msg_id, msg_type = %env.msg_type, "received");
                 if let Err(e) = router.send(env).await {
                     error!(error = %e, "the task router is not running; the message stays in the inbox for the next start");
@@ -370,7 +385,11 @@ impl StreamHandler<Inbound> for MqttIngress {
             };
             let (router, status, inbox) =
                 (act.router.clone(), act.status.clone(), act.inbox.clone());
-            wrap_future(deliver(disposition, seq, router, status, inbox))
+            let receipt = seq.map(|seq| Receipt {
+                carrier: act.inbox_of.clone(),
+                seq,
+            });
+            wrap_future(deliver(disposition, receipt, router, status, inbox))
         }));
     }
 

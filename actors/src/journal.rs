@@ -45,6 +45,9 @@ pub struct JobRecord {
     /// The inbox entry the job came from (see [`crate::spool`]).
     #[serde(default)]
     pub receipt: Option<u64>,
+    /// The MQTT carrier whose inbox that is, when not the main one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_carrier: Option<String>,
 }
 
 /// An image gator-ota installed.
@@ -297,6 +300,7 @@ mod tests {
                 state: JobState::Queued,
                 etag: None,
                 receipt: None,
+                receipt_carrier: None,
             };
             j.save(&rec).await.unwrap();
         }

@@ -21,7 +21,15 @@ pub struct Envelope {
     /// The inbox entry the message came from, so a job journaled just
     /// before a crash is not taken from the inbox a second time.
     #[serde(skip)]
-    pub receipt: Option<u64>,
+    pub receipt: Option<Receipt>,
+}
+
+/// An inbox entry: its number, and the MQTT carrier whose inbox holds it
+/// (`None`: the main carrier's, the only one before there were several).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub carrier: Option<Arc<str>>,
+    pub seq: u64,
 }
 
 /// Router → carrier: run `task` for one message. Resolves once the job is

@@ -9,8 +9,8 @@
 //! addresses each message type goes to. [`crate::Service::start`] then only
 //! makes folders and actors from it.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gator_ota_settings::{Carrier, Direction, MqttCarrier, S3Carrier, Settings};
@@ -46,10 +46,8 @@ impl PlanError {
 /// The service, decided: every value the actors are built from.
 pub struct Plan {
     pub(crate) settings: Settings,
-    pub(crate) mqtt: MqttPlan,
-    /// Message type → the topics of the send addresses that carry it.
-    pub(crate) send_routes: HashMap<String, Vec<String>>,
-    pub(crate) subscriptions: Vec<Subscription>,
+    /// One connection per MQTT carrier an address names, by name.
+    pub(crate) mqtt: Vec<MqttPlan>,
     pub(crate) tasks: Vec<TaskPlan>,
     pub(crate) s3: Vec<S3Plan>,
     warnings: Vec<String>,
@@ -60,6 +58,29 @@ pub(crate) struct MqttPlan {
     pub carrier: MqttCarrier,
     pub connect: paho::ConnectOptions,
     pub topic_map: Option<TopicMap>,
+    /// The carrier's receive addresses.
+    pub subscriptions: Vec<Subscription>,
+    /// Message type → the topics of the carrier's send addresses for it.
+    pub send_routes: HashMap<String, Vec<String>>,
+    /// The main carrier: its inbox and outbox are the state folder's
+    /// `inbox/` and `outbox/`, where a gateway with one MQTT carrier has
+    /// always kept them, and journal records name its inbox entries by
+    /// number alone. The plan proposes the carrier that brings the messages
+    /// tasks run on; the service keeps the one the state folder names
+    /// ([`crate::service`]), so adding a carrier never hands a queue to it.
+    pub main: bool,
+}
+
+impl MqttPlan {
+    /// The carrier's inbox and outbox folders under the state folder.
+    pub(crate) fn spool_dirs(&self, state: &Path) -> (PathBuf, PathBuf) {
+        let base = if self.main {
+            state.to_path_buf()
+        } else {
+            state.join("carriers").join(&self.name)
+        };
+        (base.join("inbox"), base.join("outbox"))
+    }
 }
 
 /// One `on_message` task: SCARECRO's table row, by carrier name.
@@ -82,9 +103,9 @@ pub(crate) struct S3Plan {
 impl Plan {
     /// Every check `run` makes before it starts anything.
     pub fn new(settings: &Settings) -> Result<Self, PlanError> {
-        let mqtt = mqtt_plan(settings)?;
-        let keyring = Arc::new(keyring(settings)?);
         let tasks = task_plans(settings);
+        let mqtt = mqtt_plans(settings, &tasks)?;
+        let keyring = Arc::new(keyring(settings)?);
         let mut s3 = Vec::new();
         for name in carriers_of(&tasks) {
             if let Some(Carrier::S3(carrier)) = settings.carriers.get(&name) {
@@ -93,7 +114,7 @@ impl Plan {
                         PlanError::new(
                             format!("carriers.{name}"),
                             e.to_string(),
-                            "check bucket, region and endpoint (or cloud_path_prefix for a local folder)",
+                            "check bucket (s3://name, or file://folder for a local one), region and endpoint",
                         )
                     },
                 )?;
@@ -105,12 +126,10 @@ impl Plan {
                 });
             }
         }
-        let (subscriptions, warnings) = subscriptions(settings, &tasks);
+        let warnings = unreceived_tasks(&mqtt, &tasks);
         Ok(Self {
             settings: settings.clone(),
             mqtt,
-            send_routes: send_routes(settings),
-            subscriptions,
             tasks,
             s3,
             warnings,
@@ -131,54 +150,68 @@ impl Plan {
     }
 }
 
-/// The MQTT carrier every address uses: gator-ota holds one connection.
-/// When addresses disagree, the carrier most of them name is taken as meant
-/// and the first address naming another is refused.
-fn mqtt_plan(settings: &Settings) -> Result<MqttPlan, PlanError> {
-    let mut counts: Vec<(&String, usize)> = Vec::new();
-    for a in settings.addresses.values() {
-        match counts.iter_mut().find(|(c, _)| *c == &a.carrier) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((&a.carrier, 1)),
-        }
-    }
-    counts.sort_by(|(a, n), (b, m)| m.cmp(n).then(a.cmp(b)));
-    let Some(&(first, _)) = counts.first() else {
+/// One connection per MQTT carrier an address names, each with its own
+/// settings, TLS and session: SCARECRO gateways talk to a local broker (the
+/// Data Gators) and the cloud's (firmware_image, confirms).
+fn mqtt_plans(settings: &Settings, tasks: &[TaskPlan]) -> Result<Vec<MqttPlan>, PlanError> {
+    let names: BTreeSet<&String> = settings.addresses.values().map(|a| &a.carrier).collect();
+    if names.is_empty() {
         return Err(PlanError::new(
             "addresses",
             "no address uses an MQTT carrier",
             "add [addresses.<name>] with carrier = \"<an mqtt carrier>\"",
         ));
+    }
+    let mut plans = Vec::new();
+    for name in names {
+        plans.push(mqtt_plan(settings, name)?);
+    }
+    let consumed = |p: &MqttPlan| {
+        p.subscriptions.iter().any(|s| {
+            tasks
+                .iter()
+                .any(|t| s.message_types.contains(&t.message_type))
+        })
     };
-    if let Some((address, a)) = settings.addresses.iter().find(|(_, a)| &a.carrier != first) {
+    let main = plans.iter().position(consumed).unwrap_or(0);
+    plans[main].main = true;
+    Ok(plans)
+}
+
+fn mqtt_plan(settings: &Settings, name: &str) -> Result<MqttPlan, PlanError> {
+    let key = format!("carriers.{name}");
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if !plain {
         return Err(PlanError::new(
-            format!("addresses.{address}.carrier"),
-            format!(
-                "names MQTT carrier {:?} while other addresses name {first:?}; gator-ota runs one MQTT connection",
-                a.carrier
-            ),
-            format!("point every address at the same carrier, e.g. carrier = {first:?}"),
+            key,
+            "an MQTT carrier's name names its folder in the state folder, so it must be plain",
+            "name it with letters, digits, '_' and '-' only",
         ));
     }
-    let carrier = settings.mqtt(first).ok_or_else(|| {
+    let carrier = settings.mqtt(name).ok_or_else(|| {
         PlanError::new(
             "addresses",
-            format!("{first:?} is not a configured mqtt carrier"),
+            format!("{name:?} is not a configured mqtt carrier"),
             "name an mqtt carrier",
         )
     })?;
-    let connect = mqtt::connect_options(first, carrier).map_err(|e| {
+    let connect = mqtt::connect_options(name, carrier).map_err(|e| {
         PlanError::new(
-            format!("carriers.{first}"),
+            key,
             e.to_string(),
             "check the carrier's TLS files and credentials",
         )
     })?;
     Ok(MqttPlan {
-        name: first.clone(),
+        name: name.to_string(),
         carrier: carrier.clone(),
         connect,
         topic_map: TopicMap::from_routes(&carrier.scarecro_topics),
+        subscriptions: subscriptions(settings, name),
+        send_routes: send_routes(settings, name),
+        main: false,
     })
 }
 
@@ -256,13 +289,14 @@ fn carriers_of(tasks: &[TaskPlan]) -> Vec<String> {
     names
 }
 
-/// Every message type a send address carries, and the topics it goes to.
-fn send_routes(settings: &Settings) -> HashMap<String, Vec<String>> {
+/// Every message type a send address of `carrier` carries, and the topics
+/// it goes to.
+fn send_routes(settings: &Settings, carrier: &str) -> HashMap<String, Vec<String>> {
     let mut routes: HashMap<String, Vec<String>> = HashMap::new();
     for address in settings
         .addresses
         .values()
-        .filter(|a| a.send_or_receive == Direction::Send)
+        .filter(|a| a.send_or_receive == Direction::Send && a.carrier == carrier)
     {
         for t in &address.message_type {
             routes
@@ -274,32 +308,38 @@ fn send_routes(settings: &Settings) -> HashMap<String, Vec<String>> {
     routes
 }
 
-/// The receive addresses; a message type a task runs on that none of them
-/// carries is worth a warning, not a refusal.
-fn subscriptions(settings: &Settings, tasks: &[TaskPlan]) -> (Vec<Subscription>, Vec<String>) {
-    let subscriptions: Vec<Subscription> = settings
+/// The receive addresses of `carrier`.
+fn subscriptions(settings: &Settings, carrier: &str) -> Vec<Subscription> {
+    settings
         .addresses
         .iter()
-        .filter(|(_, a)| a.send_or_receive == Direction::Receive)
+        .filter(|(_, a)| a.send_or_receive == Direction::Receive && a.carrier == carrier)
         .map(|(name, a)| Subscription {
             address: name.clone(),
             topic: a.topic.clone(),
             message_types: a.message_type.clone(),
         })
-        .collect();
-    let mut warnings = Vec::new();
-    for t in tasks {
-        if !subscriptions
-            .iter()
-            .any(|s| s.message_types.contains(&t.message_type))
-        {
-            warnings.push(format!(
+        .collect()
+}
+
+/// A message type a task runs on that no receive address carries is worth
+/// a warning, not a refusal.
+fn unreceived_tasks(mqtt: &[MqttPlan], tasks: &[TaskPlan]) -> Vec<String> {
+    tasks
+        .iter()
+        .filter(|t| {
+            !mqtt
+                .iter()
+                .flat_map(|p| &p.subscriptions)
+                .any(|s| s.message_types.contains(&t.message_type))
+        })
+        .map(|t| {
+            format!(
                 "task `{}` runs on message type `{}`, but no receive address carries it",
                 t.name, t.message_type
-            ));
-        }
-    }
-    (subscriptions, warnings)
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -298,7 +298,11 @@ impl Handler<RunTask> for S3CarrierActor {
                 content: env.msg_content,
                 state: JobState::Queued,
                 etag: None,
-                receipt: env.receipt,
+                receipt: env.receipt.as_ref().map(|r| r.seq),
+                receipt_carrier: env
+                    .receipt
+                    .as_ref()
+                    .and_then(|r| r.carrier.as_deref().map(str::to_string)),
             };
             if let Err(e) = runner.journal().save(&rec).await {
                 error!(msg_id = %env.msg_id, error = %e, "cannot journal the job; it runs, but would not survive a restart");

@@ -17,14 +17,14 @@ use actix::{Actor, Addr, Recipient};
 use paho_mqtt as paho;
 use tracing::{info, warn};
 
-use crate::egress::{EgressConfig, MqttEgress};
+use crate::egress::{EgressConfig, Fanout, MqttEgress, Route};
 use crate::ingress::{IngressConfig, MqttIngress};
 use crate::job::{Runner, RunnerParts};
 use crate::journal::{JobRecord, Journal};
-use crate::messages::RunTask;
+use crate::messages::{Publish, RunTask};
 use crate::mqtt::{self, MqttSetupError};
 use crate::paths::{Confinement, STATE_DIR};
-use crate::plan::{Plan, S3Plan};
+use crate::plan::{MqttPlan, Plan, S3Plan};
 use crate::router::TaskRouter;
 use crate::s3_carrier::{S3CarrierActor, StoreSetupError};
 use crate::spool::Spool;
@@ -53,114 +53,201 @@ fn folder_err(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError {
 }
 
 /// The running pipeline. Dropping it does not stop the actors; call
-/// [`Service::shutdown`] to leave the broker politely.
+/// [`Service::shutdown`] to leave the brokers politely.
 #[must_use = "keep the service to shut it down"]
 pub struct Service {
+    clients: Vec<paho::AsyncClient>,
+    _ingress: Vec<Addr<MqttIngress>>,
+}
+
+/// One MQTT carrier's connection and egress, before its ingress starts.
+struct Link<'p> {
+    plan: &'p MqttPlan,
     client: paho::AsyncClient,
-    _ingress: Addr<MqttIngress>,
+    egress: Addr<MqttEgress>,
 }
 
 impl Service {
     /// Starts every actor on the current actix system, in the order each
     /// needs the next: writer and egress, the S3 carriers, the router, and
     /// ingress last, so no message arrives before its path exists.
-    pub fn start(plan: Plan) -> Result<Self, StartError> {
+    pub fn start(mut plan: Plan) -> Result<Self, StartError> {
         for dir in plan.folders() {
             std::fs::create_dir_all(&dir).map_err(folder_err(&dir))?;
         }
+        let state = plan.settings.system.data_dir.join(STATE_DIR);
+        keep_main_carrier(&mut plan, &state).map_err(folder_err(&state))?;
         let settings = &plan.settings;
-        let state = settings.system.data_dir.join(STATE_DIR);
         let roots = settings.allowed_roots();
         let confinement = Arc::new(Confinement::new(&roots).map_err(folder_err(&roots[0]))?);
         for root in confinement.roots() {
             sweep_temporaries(root, 4);
         }
-        let client = mqtt::client(&plan.mqtt.name, &plan.mqtt.carrier)?;
-
-        let chunks = settings.pipeline.write_chunks;
-        let writer = FsWriter::new(chunks).start();
-        let egress = start_egress(&plan, &client, &state)?;
+        let writer = FsWriter::new(settings.pipeline.write_chunks).start();
+        let links = plan
+            .mqtt
+            .iter()
+            .map(|p| start_link(&plan, p, &state))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fanout = start_fanout(&plan, &links);
         let status = StatusSink {
-            egress: egress.clone().recipient(),
+            egress: fanout.clone(),
             system_id: settings.system.id.clone(),
         };
         let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
-        let (inbox, held) = open_inbox(&state, &pending).map_err(folder_err(&state))?;
+        let mut inboxes = Vec::new();
+        for link in &links {
+            let (inbox_dir, _) = link.plan.spool_dirs(&state);
+            let of = (!link.plan.main).then_some(link.plan.name.as_str());
+            inboxes.push(open_inbox(&inbox_dir, &pending, of).map_err(folder_err(&inbox_dir))?);
+        }
         let wiring = Wiring {
             writer,
-            egress: egress.clone(),
+            egress: fanout,
             status: status.clone(),
             journal: Arc::new(journal),
             confinement,
         };
         let carriers = start_s3_carriers(&plan, &wiring, pending)?;
         let router = TaskRouter::new(&plan.tasks, &carriers).start();
-
-        let cfg = IngressConfig {
-            client: client.clone(),
-            connect: plan.mqtt.connect.clone(),
-            subscriptions: plan.subscriptions.clone(),
-            specs: settings.messages.clone().into_iter().collect(),
-            router: router.recipient(),
-            qos: plan.mqtt.carrier.qos,
-            inbox: Arc::new(inbox),
-            held,
-            max_payload: settings.pipeline.max_payload_bytes,
-            backlog_warning: settings.pipeline.inbox_warning,
-            retry_min: plan.mqtt.carrier.reconnect_min,
-            retry_max: plan.mqtt.carrier.reconnect_max,
-            topic_map: plan.mqtt.topic_map.clone(),
-            status,
-            link: egress.recipient(),
-        };
-        let ingress = <MqttIngress as Actor>::create(move |ctx| MqttIngress::create(cfg, ctx));
-        info!(system_id = %settings.system.id, broker = %plan.mqtt.carrier.url,
-            security = %mqtt::describe_tls(&plan.mqtt.carrier), "gator-ota started");
+        let mut ingress = Vec::new();
+        let mut clients = Vec::new();
+        for (link, (inbox, held)) in links.into_iter().zip(inboxes) {
+            let cfg = ingress_config(&plan, &link, inbox, held, &router, &status);
+            ingress.push(<MqttIngress as Actor>::create(move |ctx| {
+                MqttIngress::create(cfg, ctx)
+            }));
+            info!(carrier = %link.plan.name, broker = %link.plan.carrier.url,
+                security = %mqtt::describe_tls(&link.plan.carrier), "MQTT carrier started");
+            clients.push(link.client);
+        }
+        info!(system_id = %settings.system.id, "gator-ota started");
         Ok(Self {
-            client,
+            clients,
             _ingress: ingress,
         })
     }
 
-    /// Leaves the broker, giving in-flight acknowledgements a moment.
+    /// Leaves the brokers, giving in-flight acknowledgements a moment.
     pub async fn shutdown(self) {
-        if self.client.is_connected() {
-            let done = self.client.disconnect(None);
-            if tokio::time::timeout(Duration::from_secs(2), done)
-                .await
-                .is_err()
-            {
-                warn!("the broker did not acknowledge the disconnect in time");
+        let leaving = self.clients.iter().filter(|c| c.is_connected()).map(|c| {
+            let done = c.disconnect(None);
+            async move {
+                if tokio::time::timeout(Duration::from_secs(2), done)
+                    .await
+                    .is_err()
+                {
+                    warn!(broker = %c.server_uri(), "the broker did not acknowledge the disconnect in time");
+                }
             }
-        }
+        });
+        futures::future::join_all(leaving).await;
     }
 }
 
-/// MQTT egress with the outbox a previous run left.
-fn start_egress(
-    plan: &Plan,
-    client: &paho::AsyncClient,
-    state: &Path,
-) -> Result<Addr<MqttEgress>, StartError> {
-    let outbox_dir = state.join("outbox");
+/// Names the main MQTT carrier (see [`MqttPlan::main`]) in the state folder,
+/// or keeps the one it names: `inbox/` and `outbox/` hold that carrier's
+/// messages, and a carrier added later must not be handed them.
+fn keep_main_carrier(plan: &mut Plan, state: &Path) -> std::io::Result<()> {
+    let marker = state.join("inbox").join(MAIN_CARRIER_FILE);
+    let named = std::fs::read_to_string(&marker).ok();
+    let named = named.as_deref().map(str::trim);
+    match named {
+        Some(name) if plan.mqtt.iter().any(|p| p.name == name) => {
+            for p in &mut plan.mqtt {
+                p.main = p.name == name;
+            }
+        }
+        _ => {
+            if let Some(old) = named {
+                warn!(
+                    carrier = old,
+                    "the state folder's main MQTT carrier is no longer configured; another takes its inbox and outbox"
+                );
+            }
+            let main = plan.mqtt.iter().find(|p| p.main).map(|p| p.name.clone());
+            std::fs::create_dir_all(state.join("inbox"))?;
+            std::fs::write(&marker, main.unwrap_or_default())?;
+        }
+    }
+    Ok(())
+}
+
+/// In the main carrier's inbox folder, beside the `.msg` files.
+const MAIN_CARRIER_FILE: &str = "carrier";
+
+/// One MQTT carrier's client and egress, with the outbox a previous run
+/// left.
+fn start_link<'p>(plan: &Plan, p: &'p MqttPlan, state: &Path) -> Result<Link<'p>, StartError> {
+    let client = mqtt::client(&p.name, &p.carrier)?;
+    let (_, outbox_dir) = p.spool_dirs(state);
     let (outbox, held) = Spool::open(&outbox_dir).map_err(folder_err(&outbox_dir))?;
     let window = plan.settings.pipeline.outbox_window;
     let cfg = EgressConfig {
         client: client.clone(),
-        routes: plan.send_routes.clone(),
-        qos: plan.mqtt.carrier.qos,
+        routes: p.send_routes.clone(),
+        qos: p.carrier.qos,
         outbox: Arc::new(outbox),
         held,
         window,
         mailbox: window,
     };
-    Ok(MqttEgress::new(cfg).start())
+    Ok(Link {
+        plan: p,
+        client,
+        egress: MqttEgress::new(cfg).start(),
+    })
+}
+
+/// Where jobs and statuses publish: every carrier's egress, by message type.
+fn start_fanout(plan: &Plan, links: &[Link]) -> Recipient<Publish> {
+    let routes = links
+        .iter()
+        .map(|l| Route {
+            carrier: l.plan.name.as_str().into(),
+            egress: l.egress.clone().recipient(),
+            message_types: l.plan.send_routes.keys().cloned().collect(),
+        })
+        .collect();
+    Fanout::new(routes, plan.settings.pipeline.outbox_window)
+        .start()
+        .recipient()
+}
+
+fn ingress_config(
+    plan: &Plan,
+    link: &Link,
+    inbox: Spool,
+    held: Vec<u64>,
+    router: &Addr<TaskRouter>,
+    status: &StatusSink,
+) -> IngressConfig {
+    let (settings, p) = (&plan.settings, link.plan);
+    IngressConfig {
+        carrier: p.name.as_str().into(),
+        inbox_of: (!p.main).then(|| p.name.as_str().into()),
+        client: link.client.clone(),
+        connect: p.connect.clone(),
+        subscriptions: p.subscriptions.clone(),
+        specs: settings.messages.clone().into_iter().collect(),
+        router: router.clone().recipient(),
+        qos: p.carrier.qos,
+        inbox: Arc::new(inbox),
+        held,
+        max_payload: settings.pipeline.max_payload_bytes,
+        backlog_warning: settings.pipeline.inbox_warning,
+        retry_min: p.carrier.reconnect_min,
+        retry_max: p.carrier.reconnect_max,
+        topic_map: p.topic_map.clone(),
+        status: status.clone(),
+        link: link.egress.clone().recipient(),
+    }
 }
 
 /// What every S3 carrier's jobs share.
 struct Wiring {
     writer: Addr<FsWriter>,
-    egress: Addr<MqttEgress>,
+    egress: Recipient<Publish>,
     status: StatusSink,
     journal: Arc<Journal>,
     confinement: Arc<Confinement>,
@@ -193,7 +280,7 @@ fn s3_carrier(plan: &Plan, s3: &S3Plan, wiring: &Wiring) -> Result<S3CarrierActo
         append: wiring.writer.clone().recipient(),
         commit: wiring.writer.clone().recipient(),
         remove: wiring.writer.clone().recipient(),
-        egress: wiring.egress.clone().recipient(),
+        egress: wiring.egress.clone(),
         status: wiring.status.clone(),
         journal: wiring.journal.clone(),
         policy: s3.policy.clone(),
@@ -209,12 +296,21 @@ fn s3_carrier(plan: &Plan, s3: &S3Plan, wiring: &Wiring) -> Result<S3CarrierActo
     ))
 }
 
-/// Opens the inbox and returns the messages a previous run held but did not
+/// Opens an inbox and returns the messages a previous run held but did not
 /// hand on. A message whose job reached the journal just before a stop is
-/// not taken a second time.
-fn open_inbox(state: &Path, pending: &[JobRecord]) -> std::io::Result<(Spool, Vec<u64>)> {
-    let (inbox, held) = Spool::open(&state.join("inbox"))?;
-    let journaled: HashSet<u64> = pending.iter().filter_map(|r| r.receipt).collect();
+/// not taken a second time. `carrier` is how journal records name this
+/// inbox (`None`: the main carrier's).
+fn open_inbox(
+    dir: &Path,
+    pending: &[JobRecord],
+    carrier: Option<&str>,
+) -> std::io::Result<(Spool, Vec<u64>)> {
+    let (inbox, held) = Spool::open(dir)?;
+    let journaled: HashSet<u64> = pending
+        .iter()
+        .filter(|r| r.receipt_carrier.as_deref() == carrier)
+        .filter_map(|r| r.receipt)
+        .collect();
     if let Some(&last) = journaled.iter().max() {
         inbox.number_after(last);
     }
@@ -225,6 +321,7 @@ fn open_inbox(state: &Path, pending: &[JobRecord]) -> std::io::Result<(Spool, Ve
     if !held.is_empty() {
         info!(
             messages = held.len(),
+            inbox = %dir.display(),
             "the inbox holds messages from before the last stop; they are taken first"
         );
     }
@@ -271,6 +368,7 @@ mod tests {
             state: crate::journal::JobState::Queued,
             etag: None,
             receipt: Some(receipt),
+            receipt_carrier: None,
         }
     }
 
@@ -280,12 +378,34 @@ mod tests {
     #[test]
     fn new_inbox_entries_never_take_the_number_of_a_journaled_job() {
         let state = tempfile::tempdir().unwrap();
-        let (inbox, held) = open_inbox(state.path(), &[record(5)]).unwrap();
+        let (inbox, held) = open_inbox(&state.path().join("inbox"), &[record(5)], None).unwrap();
         assert!(held.is_empty());
         let seq = inbox.put("t", b"new").unwrap();
         assert!(seq > 5, "new entry numbered {seq}");
         drop(inbox);
-        let (_, held) = open_inbox(state.path(), &[record(5)]).unwrap();
+        let (_, held) = open_inbox(&state.path().join("inbox"), &[record(5)], None).unwrap();
         assert_eq!(held, vec![seq], "the new message is kept");
+    }
+
+    /// Two carriers' inboxes number their entries alike; a job journaled
+    /// from the local carrier's entry 1 must not take the cloud's entry 1.
+    #[test]
+    fn a_journaled_receipt_names_its_own_carrier_s_inbox() {
+        let state = tempfile::tempdir().unwrap();
+        let (cloud, local) = (
+            state.path().join("inbox"),
+            state.path().join("carriers/local/inbox"),
+        );
+        let seq = Spool::open(&cloud).unwrap().0.put("t", b"cloud").unwrap();
+        assert_eq!(
+            Spool::open(&local).unwrap().0.put("t", b"local").unwrap(),
+            seq
+        );
+        let mut from_local = record(seq);
+        from_local.receipt_carrier = Some("local".into());
+        let (_, held) = open_inbox(&local, &[from_local.clone()], Some("local")).unwrap();
+        assert!(held.is_empty(), "the journaled entry is not taken again");
+        let (_, held) = open_inbox(&cloud, &[from_local], None).unwrap();
+        assert_eq!(held, vec![seq], "the cloud's entry is kept");
     }
 }

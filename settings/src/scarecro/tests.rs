@@ -366,23 +366,36 @@ fn without_a_firmware_task_or_address_there_is_nothing_to_run() {
     );
 }
 
+/// SCARECRO gateways talk to a local broker and the cloud's: each MQTT
+/// carrier a used address names becomes a connection of its own.
 #[test]
-fn receive_and_send_on_different_mqtt_carriers_keep_one_connection() {
+fn receive_and_send_on_different_mqtt_carriers_make_two_connections() {
     let (_d, c) = copy();
     write(
         &c,
         "addresses/cloud_mqtt_send_immediate.json",
         json!({"carrier": "local_mqtt", "message_type": "confirm_receipt", "send_or_receive": "send", "duration": "on_message", "additional_info": {"topic": "ack"}}),
     );
-    let text = load_dir(&c).unwrap_err().to_string();
-    assert!(
-        text.contains("no listed address sends confirm_receipt"),
-        "{text}"
+    let loaded = load_dir(&c).unwrap();
+    let s = &loaded.settings;
+    assert!(s.mqtt("cloud_mqtt").is_some() && s.mqtt("local_mqtt").is_some());
+    let send = &s.addresses["cloud_mqtt_send_immediate"];
+    assert_eq!(send.carrier, "local_mqtt");
+    assert_eq!(send.topic, "ack");
+    assert_eq!(
+        s.addresses["cloud_mqtt_receive_firmware_image"].carrier,
+        "cloud_mqtt"
     );
+    let report = loaded.scarecro.unwrap();
     assert!(
-        text.contains("gator-ota keeps one MQTT connection, to carrier cloud_mqtt"),
-        "{text}"
+        report
+            .used
+            .iter()
+            .any(|u| u.setting == "carriers.local_mqtt"),
+        "{:?}",
+        report.used
     );
+    assert!(!report.skipped.iter().any(|k| k.name == "local_mqtt"));
 }
 
 #[test]

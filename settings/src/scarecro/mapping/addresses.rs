@@ -46,29 +46,30 @@ pub(super) struct MqttChoice {
 }
 
 impl Mapper<'_> {
-    /// Classifies every address, picks the MQTT carrier and writes the used
-    /// addresses into `tree`.
+    /// Classifies every address, writes the used ones into `tree` and
+    /// returns the MQTT carriers they use, each its own connection.
     pub(super) fn addresses(
         &mut self,
         addresses: Vec<ResolvedAddress>,
         consumed: &BTreeSet<String>,
         tree: &mut Object,
-    ) -> Result<MqttChoice, E> {
+    ) -> Result<Vec<MqttChoice>, E> {
         let mut infos = Vec::new();
         for resolved in addresses {
             infos.push(self.classify(resolved, consumed)?);
         }
-        let first = |d: Direction| {
-            infos
-                .iter()
-                .find(|i| matches!(i.verdict, Verdict::Candidate) && i.direction == Some(d))
-                .and_then(|i| i.carrier.clone())
+        let candidate = |i: &AddressInfo, d: Direction| {
+            matches!(i.verdict, Verdict::Candidate) && i.direction == Some(d)
         };
-        let Some(chosen) = first(Direction::Receive).or_else(|| first(Direction::Send)) else {
+        if !infos.iter().any(|i| candidate(i, Direction::Receive)) {
             return Err(self.no_address_error(&infos, consumed, Direction::Receive));
-        };
-        keep_one_carrier(&mut infos, &chosen);
+        }
+        if !infos.iter().any(|i| candidate(i, Direction::Send)) {
+            let produced = BTreeSet::from([CONFIRM_RECEIPT.to_string()]);
+            return Err(self.no_address_error(&infos, &produced, Direction::Send));
+        }
         let mut out = Object::new();
+        let mut used = BTreeSet::new();
         for info in &infos {
             let a = &info.resolved;
             match &info.verdict {
@@ -78,29 +79,22 @@ impl Mapper<'_> {
                     reason.clone(),
                 ),
                 Verdict::Candidate => {
-                    let address = self.use_address(info, &chosen);
+                    let carrier = info.carrier.clone().expect("candidates name a carrier");
+                    let address = self.use_address(info, &carrier);
                     out.insert(a.name.clone(), to_tree(&address));
+                    used.insert(carrier);
                 }
             }
         }
-        let used = |d: Direction| {
-            infos
-                .iter()
-                .any(|i| matches!(i.verdict, Verdict::Candidate) && i.direction == Some(d))
-        };
-        if !used(Direction::Receive) {
-            return Err(self.no_address_error(&infos, consumed, Direction::Receive));
-        }
-        if !used(Direction::Send) {
-            let produced = BTreeSet::from([CONFIRM_RECEIPT.to_string()]);
-            return Err(self.no_address_error(&infos, &produced, Direction::Send));
-        }
         tree.insert("addresses".into(), Value::Object(out));
-        Ok(MqttChoice {
-            file: Folder::label(Kind::Carriers, &chosen),
-            topics: topic_table(&infos, &chosen),
-            name: chosen,
-        })
+        Ok(used
+            .into_iter()
+            .map(|name| MqttChoice {
+                file: Folder::label(Kind::Carriers, &name),
+                topics: topic_table(&infos, &name),
+                name,
+            })
+            .collect())
     }
 
     /// A candidate address as gator-ota settings, reported as used.
@@ -320,19 +314,6 @@ impl Seen<'_> {
                 "duration {duration}: SCARECRO sends only \"on_message\" or every N seconds"
             )),
             _ => None,
-        }
-    }
-}
-
-/// gator-ota keeps one MQTT connection: candidates on another carrier are
-/// skipped with the reason.
-fn keep_one_carrier(infos: &mut [AddressInfo], chosen: &str) {
-    for info in infos {
-        if matches!(info.verdict, Verdict::Candidate) && info.carrier.as_deref() != Some(chosen) {
-            info.verdict = Verdict::Skip(format!(
-                "uses MQTT carrier {}; gator-ota keeps one MQTT connection, to carrier {chosen}",
-                info.carrier.as_deref().unwrap_or_default()
-            ));
         }
     }
 }

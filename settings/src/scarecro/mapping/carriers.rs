@@ -257,11 +257,11 @@ impl Mapper<'_> {
     }
 
     /// Carriers the folder configures that no used address or task needs.
-    pub(super) fn unused_carriers(&mut self, mqtt: &str, s3: &BTreeSet<String>) {
+    pub(super) fn unused_carriers(&mut self, mqtt: &BTreeSet<String>, s3: &BTreeSet<String>) {
         let unused: Vec<(String, String)> = self
             .carriers
             .iter()
-            .filter(|(name, _)| name.as_str() != mqtt && !s3.contains(*name))
+            .filter(|(name, _)| !mqtt.contains(*name) && !s3.contains(*name))
             .map(|(name, c)| {
                 let reason = match c.source.as_str() {
                     "mqtt" => "an MQTT carrier no gator-ota address uses".to_string(),

@@ -78,10 +78,13 @@ pub(super) fn map(folder: &mut Folder, templates: &Templates) -> Result<Mapped, 
     let s3: BTreeSet<String> = tasks.iter().map(|t| t.carrier.clone()).collect();
     let addresses = folder.addresses(&address_names)?;
     let mqtt = m.addresses(addresses, &consumed, &mut tree)?;
-    m.mqtt_carrier(&mqtt, templates, &mut tree)?;
+    for choice in &mqtt {
+        m.mqtt_carrier(choice, templates, &mut tree)?;
+    }
     let confirm_id = m.s3_carriers(&s3, templates, &mut tree)?;
     m.messages(&consumed, &mut tree)?;
-    m.unused_carriers(&mqtt.name, &s3);
+    let mqtt: BTreeSet<String> = mqtt.into_iter().map(|c| c.name).collect();
+    m.unused_carriers(&mqtt, &s3);
 
     tree.insert(
         "system".into(),
