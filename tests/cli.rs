@@ -147,3 +147,51 @@ fn check_config_refuses_unknown_keys_and_wrong_types_by_their_full_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_shows_what_the_aws_variables_set_and_what_overrides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.toml");
+    std::fs::write(
+        &file,
+        "[carriers.s3_firmware_ota]\nbucket = \"s3://fw\"\nregion = \"file-region\"\n",
+    )
+    .unwrap();
+    let out = gator_ota(
+        &["check-config", "--settings", file.to_str().unwrap()],
+        &[
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_DEFAULT_REGION", "eu-central-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIAFROMENV"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-value"),
+            ("AWS_SESSION_TOKEN", "aws-session-token-value"),
+            (
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ACCESS_KEY_ID",
+                "AKIAOURS",
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "allow_http = true",
+        "endpoint = \"http://127.0.0.1:9000\"",
+        "region = \"eu-central-1\"",
+        "access_key_id = \"AKIAOURS\"",
+        "session_token = \"<redacted>\"",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
+    }
+    for secret in ["aws-secret-value", "aws-session-token-value"] {
+        assert!(!stdout.contains(secret), "{secret} leaked:\n{stdout}");
+    }
+
+    let out = gator_ota(
+        &["check-config", "--settings", file.to_str().unwrap()],
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("set by AWS_ENDPOINT_URL"), "{stderr}");
+}

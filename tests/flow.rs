@@ -271,3 +271,46 @@ fn oversized_payloads_are_refused_unparsed() {
     world.publish_json(&firmware_image("small", "a", "fw/a.bin"));
     assert_eq!(confirms.recv_json(DEADLINE).unwrap()["file_name"], "a");
 }
+
+/// The S3 carrier set up by AWS's standard variables alone, as an operator
+/// used to the AWS CLI would: the store's address, plain HTTP, region, keys.
+#[test]
+fn the_standard_aws_variables_reach_the_store() {
+    let world = World::new();
+    world
+        .s3
+        .put_object(BUCKET, "fw/aws.bin", b"image from aws vars");
+    let aws = [
+        ("AWS_ENDPOINT_URL", world.s3.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_DEFAULT_REGION", REGION.to_string()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+    ];
+    let mut env: Vec<(String, String)> = world
+        .env()
+        .into_iter()
+        .filter(|(k, _)| {
+            ![
+                "ENDPOINT",
+                "ALLOW_HTTP",
+                "REGION",
+                "ACCESS_KEY_ID",
+                "SECRET_ACCESS_KEY",
+            ]
+            .iter()
+            .any(|s| k.ends_with(&format!("S3_FIRMWARE_OTA__{s}")))
+        })
+        .collect();
+    assert_eq!(env.len(), world.env().len() - aws.len());
+    env.extend(aws.map(|(k, v)| (k.to_string(), v)));
+    let _gw = Gateway::start(env);
+    let confirms = world.confirms();
+    world.publish_json(&firmware_image("aws-1", "aws", "fw/aws.bin"));
+    let confirm = confirms.recv_json(DEADLINE).expect("a confirm_receipt");
+    assert_eq!(confirm["file_name"], "aws");
+    assert_eq!(
+        std::fs::read(world.image("aws")).unwrap(),
+        b"image from aws vars"
+    );
+}

@@ -101,6 +101,9 @@ pub fn open_store(
                 b = b
                     .with_access_key_id(&carrier.access_key_id)
                     .with_secret_access_key(carrier.secret_access_key.expose());
+                if !carrier.session_token.is_empty() {
+                    b = b.with_token(carrier.session_token.expose());
+                }
             }
             Ok(Arc::new(b.build().map_err(store_err)?))
         }
