@@ -314,3 +314,49 @@ fn the_standard_aws_variables_reach_the_store() {
         b"image from aws vars"
     );
 }
+
+/// `GATOR_OTA_LOG_FORMAT=json`: every line a log shipper reads is one JSON
+/// object, and a job's lines carry the job's fields.
+#[test]
+fn json_logs_are_one_object_per_line_with_the_job_fields() {
+    let world = World::new();
+    world
+        .s3
+        .put_object(BUCKET, "fw/json.bin", b"image for json logs");
+    let mut env = world.env();
+    env.push(("GATOR_OTA_LOG_FORMAT".into(), "json".into()));
+    let gw = Gateway::start(env);
+    let confirms = world.confirms();
+    world.publish_json(&firmware_image("json-1", "json", "fw/json.bin"));
+    confirms.recv_json(DEADLINE).expect("a confirm_receipt");
+    gw.wait_log("\"msg_id\":\"json-1\"");
+    let log = gw.log();
+    assert!(gw.terminate().success(), "{log}");
+
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3, "{log}");
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string() && line["level"].is_string(),
+            "{line}"
+        );
+        assert!(line["message"].is_string(), "{line}");
+    }
+    let job_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["spans"].as_array().is_some_and(|spans| {
+                spans.iter().any(|s| {
+                    s["name"] == "job"
+                        && s["msg_id"] == "json-1"
+                        && s["file_name"] == "json"
+                        && s["cloud_path"] == "fw/json.bin"
+                })
+            })
+        })
+        .collect();
+    assert!(!job_lines.is_empty(), "no line in the job's span:\n{log}");
+}
