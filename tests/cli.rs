@@ -195,3 +195,70 @@ fn check_config_shows_what_the_aws_variables_set_and_what_overrides_them() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("set by AWS_ENDPOINT_URL"), "{stderr}");
 }
+
+/// The commands `--help` lists (without `help` itself).
+fn commands_in_help() -> Vec<String> {
+    let out = gator_ota(&["--help"], &[]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.contains(&"check-config".to_string()), "{help}");
+    assert!(!commands.contains(&"generate".to_string()), "{help}");
+    commands
+}
+
+#[test]
+fn the_man_pages_cover_every_command_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let out = gator_ota(&["generate", "man", "--out", man.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let page = std::fs::read_to_string(man.join("gator-ota.1")).unwrap();
+    assert!(page.contains(".TH gator-ota 1"), "{page}");
+    for section in [".SH SUBCOMMANDS", ".SH ENVIRONMENT", ".SH FILES"] {
+        assert!(page.contains(section), "no {section} in:\n{page}");
+    }
+    for var in [
+        "GATOR_OTA_LOG_FORMAT",
+        "AWS_ALLOW_HTTP",
+        "AWS_SESSION_TOKEN",
+    ] {
+        assert!(page.contains(var), "no {var} in:\n{page}");
+    }
+    for command in commands_in_help() {
+        let name = format!("gator-ota-{command}");
+        assert!(
+            page.contains(&name.replace('-', "\\-")),
+            "no {name} in:\n{page}"
+        );
+        let sub = std::fs::read_to_string(man.join(format!("{name}.1")))
+            .unwrap_or_else(|e| panic!("{name}.1: {e}"));
+        assert!(sub.contains(".SH SYNOPSIS"), "{sub}");
+    }
+    assert!(
+        !page.contains("generate"),
+        "the hidden command shows:\n{page}"
+    );
+}
+
+#[test]
+fn completions_are_generated_for_each_shell_with_every_command() {
+    let commands = commands_in_help();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = gator_ota(&["generate", "completions", shell], &[]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for command in &commands {
+            assert!(script.contains(command.as_str()), "{shell}: no {command}");
+        }
+        assert!(script.contains("log-format"), "{shell}: no --log-format");
+    }
+    let out = gator_ota(&["generate", "completions", "tcsh"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
