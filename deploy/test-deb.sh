@@ -60,7 +60,10 @@ echo "$deb2"
 # The package's own dependencies go into the root when it is made, so
 # installing needs no network inside the chroot.
 deps=$(dpkg-deb -f "$deb1" Depends | sed 's/([^)]*)//g; s/|[^,]*//g; s/ //g')
-sources=$(ls /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n 1)
+sources=""
+for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list; do
+  if [ -s "$f" ]; then sources=$f; break; fi
+done
 [ -n "$sources" ] || die "no apt sources in /etc/apt to make the Debian root from"
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:?}")
 step "Debian root: mmdebstrap $suite (apt variant, with $deps) from $sources"
