@@ -82,24 +82,21 @@ if [ "$build" -eq 1 ]; then
 fi
 [ -x "$bin" ] || die "$bin is missing: build it first (deploy/release.sh), or leave out --no-build"
 
-# The man pages and completions come from a binary that runs here: the one
-# packaged when it is for this machine, else a host build.
-host_bin=$bin
-if ! "$host_bin" --version >/dev/null 2>&1; then
-  note "building a host gator-ota to write the man pages and completions"
-  cargo build --locked -p gator-ota --bin gator-ota || die "host cargo build failed"
-  host_bin="$target_dir/debug/gator-ota"
-fi
+# The man pages and completions: gator-ota-gen, built for this machine from
+# the same CLI definition (the service's binary does not carry the generators).
+note "building gator-ota-gen (man pages, completions) for this machine"
+cargo build --locked -p gator-ota --bin gator-ota-gen || die "cargo build of gator-ota-gen failed"
+gen="$target_dir/debug/gator-ota-gen"
 
 # --- what cargo-deb takes from target/deb-assets/ (see Cargo.toml) ----------------
 assets="$root/target/deb-assets"
 rm -rf "$assets"
 mkdir -p "$assets/man" "$assets/completions" "$assets/unit"
-"$host_bin" generate man --out "$assets/man" || die "gator-ota generate man failed"
+"$gen" man --out "$assets/man" || die "gator-ota-gen man failed"
 gzip -9 -n "$assets"/man/*.1
-"$host_bin" generate completions bash >"$assets/completions/gator-ota"
-"$host_bin" generate completions zsh >"$assets/completions/_gator-ota"
-"$host_bin" generate completions fish >"$assets/completions/gator-ota.fish"
+"$gen" completions bash >"$assets/completions/gator-ota"
+"$gen" completions zsh >"$assets/completions/_gator-ota"
+"$gen" completions fish >"$assets/completions/gator-ota.fish"
 # The unit names /usr/local/bin (install.sh's place); a package's is /usr/bin.
 sed 's#/usr/local/bin/gator-ota#/usr/bin/gator-ota#g' deploy/gator-ota.service \
   >"$assets/unit/gator-ota.service"

@@ -14,7 +14,8 @@
 #      conffiles are registered, `check-config` passes on the shipped settings;
 #   2. edits /etc/gator-ota/settings.toml and upgrades to revision 2: the edit
 #      is kept, nothing is left beside it (.dpkg-new, .dpkg-dist);
-#   3. removes it: the binary is gone, the conffiles and the user stay;
+#   3. removes it: the binary is gone, the unit masked, the conffiles, the
+#      state folder and the user stay;
 #   4. purges it: the conffiles, the state folder, the user, its group and
 #      the unit's links are gone.
 # No systemd runs in a chroot: the maintainer scripts must get by without it.
@@ -82,9 +83,10 @@ IFS=: read -r _ _ uid gid _ home shell <<<"$pw"
 [ "$home" = /var/lib/gator-ota ] || fail "gator-ota's home is $home"
 case "$shell" in */nologin | */false) ;; *) fail "gator-ota has a login shell: $shell" ;; esac
 [ "$(in_root getent group gator-ota | cut -d: -f3)" = "$gid" ] || fail "no gator-ota group"
-[ "$(stat -c '%U:%G %a' "$chroot_dir/var/lib/gator-ota")" = "gator-ota:gator-ota 750" ] ||
-  fail "/var/lib/gator-ota is $(stat -c '%U:%G %a' "$chroot_dir/var/lib/gator-ota")"
-[ "$(stat -c '%U %a' "$chroot_dir/etc/gator-ota/gator-ota.env")" = "root 600" ] ||
+# Numeric: this machine's user names are not the root's.
+[ "$(stat -c '%u:%g %a' "$chroot_dir/var/lib/gator-ota")" = "$uid:$gid 750" ] ||
+  fail "/var/lib/gator-ota is $(stat -c '%u:%g %a' "$chroot_dir/var/lib/gator-ota"), not $uid:$gid 750"
+[ "$(stat -c '%u %a' "$chroot_dir/etc/gator-ota/gator-ota.env")" = "0 600" ] ||
   fail "the env file is not root's alone"
 conffiles=$(in_root dpkg-query -W -f='${Conffiles}\n' gator-ota)
 for f in /etc/gator-ota/settings.toml /etc/gator-ota/gator-ota.env; do
@@ -129,7 +131,11 @@ in_root dpkg -r gator-ota || fail "dpkg -r"
 [ ! -e "$chroot_dir/usr/bin/gator-ota" ] || fail "the binary is still there"
 [ -f "$chroot_dir/etc/gator-ota/settings.toml" ] || fail "remove deleted the settings (only purge may)"
 in_root getent passwd gator-ota >/dev/null || fail "remove deleted the user (only purge may)"
-echo "ok: binary gone; settings, state and user kept"
+[ -d "$chroot_dir/var/lib/gator-ota" ] || fail "remove deleted the state folder (only purge may)"
+# The enable links outlive the unit file until purge; the mask keeps them inert.
+[ "$(readlink "$chroot_dir/etc/systemd/system/gator-ota.service")" = /dev/null ] ||
+  fail "the removed unit is not masked"
+echo "ok: binary gone, unit masked; settings, state and user kept"
 
 step "4. purge"
 in_root dpkg -P gator-ota || fail "dpkg -P"

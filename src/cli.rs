@@ -58,27 +58,6 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Write the man page or a shell's completions to stdout, for packaging.
-    #[command(hide = true)]
-    Generate {
-        #[command(subcommand)]
-        what: Generated,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Generated {
-    /// The man pages: gator-ota(1) and one per command, gator-ota-run(1), ...
-    Man {
-        /// Folder to write them into (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
-    /// Completions for SHELL.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
 }
 
 #[derive(Debug, Args)]

@@ -1,14 +1,36 @@
-//! `generate`: the man page and shell completions, made from the same
-//! definition as the parser so they never disagree with it. The release and
-//! package scripts run it; it is hidden from `--help`.
+//! The man pages and shell completions, made from the same definition as
+//! the parser so they never disagree with it (`gator-ota-gen`).
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::cli::{Cli, Generated};
+use crate::cli::Cli;
+
+/// Writes gator-ota's man pages or a shell's completions, for packaging.
+#[derive(Debug, Parser)]
+#[command(name = "gator-ota-gen", version)]
+pub struct Gen {
+    #[command(subcommand)]
+    pub what: Generated,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generated {
+    /// The man pages: gator-ota(1) and one per command, gator-ota-run(1), ...
+    Man {
+        /// Folder to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+    /// Completions for SHELL, to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
 
 const MANUAL: &str = "gator-ota manual";
 
@@ -59,7 +81,7 @@ pub fn generate(what: &Generated) -> ExitCode {
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gator-ota generate: {e}");
+            eprintln!("gator-ota-gen: {e}");
             ExitCode::FAILURE
         }
     }

@@ -3,7 +3,6 @@
 //! pipeline lives in `gator-ota-actors`, the settings in `gator-ota-settings`.
 
 mod cli;
-mod generate;
 mod run;
 mod sample;
 mod signing;
@@ -21,6 +20,5 @@ fn main() -> ExitCode {
         cli::Command::PublishSample(args) => sample::publish_sample(&args),
         cli::Command::Keygen { out } => signing::keygen(&out),
         cli::Command::Sign { key, image, out } => signing::sign(&key, &image, out.as_deref()),
-        cli::Command::Generate { what } => generate::generate(&what),
     }
 }
