@@ -18,7 +18,7 @@ pub(crate) const ORIGIN: &str = "the AWS variable ";
 /// Each carrier key with the variables that set it, the preferred first (the
 /// AWS CLI's order: `AWS_REGION` over `AWS_DEFAULT_REGION`, the S3-specific
 /// endpoint over the general one, object_store's `AWS_ENDPOINT` last).
-pub const VARS: &[(&str, &[&str])] = &[
+pub(crate) const VARS: &[(&str, &[&str])] = &[
     ("region", &["AWS_REGION", "AWS_DEFAULT_REGION"]),
     (
         "endpoint",
@@ -104,7 +104,7 @@ impl config::Source for AwsLayer {
 }
 
 /// The S3 carriers in the tree `config` built: the ones the layer applies to.
-pub(crate) fn store_carriers(cfg: &config::Config) -> Vec<String> {
+pub(crate) fn s3_carriers(cfg: &config::Config) -> Vec<String> {
     let Ok(carriers) = cfg.get_table("carriers") else {
         return Vec::new();
     };

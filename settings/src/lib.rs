@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use aws_env::VARS as AWS_VARS;
 pub use load::{ENV_PREFIX, ENV_SETTINGS_FILE, Env, load, load_with_env};
 pub use scarecro::{Loaded, ScarecroError, TopicRoute, load_all, load_all_with_env};
 pub use secret::Secret;

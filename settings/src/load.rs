@@ -55,9 +55,9 @@ pub(crate) fn load_layers(
         builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
     }
     check_env_names(env)?;
-    // Which carriers the AWS variables apply to depends on every layer, the
-    // environment's included; the layer itself then goes under the latter.
-    let s3 = crate::aws_env::store_carriers(&builder.clone().add_source(ours(env)).build()?);
+    // Any layer, the environment too, may make a carrier an S3 one; the AWS
+    // layer for those then goes between the file and the environment.
+    let s3 = crate::aws_env::s3_carriers(&builder.clone().add_source(ours(env)).build()?);
     let cfg = builder
         .add_source(crate::aws_env::AwsLayer::new(&s3, env)?)
         .add_source(ours(env))
