@@ -188,8 +188,12 @@ EOF
     'BEGIN { printf "%-32s %.2f MiB binary (%d bytes), glibc >= %s, built in %ds -> %s", t, s / 1048576, s, g, b, a }')")
 done
 
-(cd "$out" && sha256sum -- gator-ota-*.tar.gz $(ls gator-ota_*.deb 2>/dev/null) >SHA256SUMS.tmp &&
-  mv -f SHA256SUMS.tmp SHA256SUMS)
+(
+  cd "$out"
+  shopt -s nullglob
+  sha256sum -- gator-ota-*.tar.gz gator-ota_*.deb >SHA256SUMS.tmp
+  mv -f SHA256SUMS.tmp SHA256SUMS
+)
 
 echo
 echo "gator-ota $version release archives ($commit):"

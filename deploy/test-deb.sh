@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2015  # `A && B || fail`: fail unless both hold
+# shellcheck disable=SC2015,SC2016  # `A && B || fail`: fail unless both hold; dpkg's ${Field}s
 # Tests the amd64 Debian package for real, in a throwaway Debian root (never
 # on this machine itself):
 #
@@ -53,8 +53,9 @@ in_root() { chroot "$chroot_dir" "$@"; }
 step "packages: revisions 1 and 2 of the current build"
 bash "$root/deploy/package-deb.sh" --revision 1 --out "$work/r1" >/dev/null
 bash "$root/deploy/package-deb.sh" --no-build --revision 2 --out "$work/r2" >/dev/null
-deb1=$(ls "$work"/r1/gator-ota_*-1_amd64.deb)
-deb2=$(ls "$work"/r2/gator-ota_*-2_amd64.deb)
+deb1=$(echo "$work"/r1/gator-ota_*-1_amd64.deb)
+deb2=$(echo "$work"/r2/gator-ota_*-2_amd64.deb)
+[ -f "$deb1" ] && [ -f "$deb2" ] || die "package-deb.sh made no packages in $work"
 echo "$deb1"
 echo "$deb2"
 
@@ -92,7 +93,10 @@ conffiles=$(in_root dpkg-query -W -f='${Conffiles}\n' gator-ota)
 for f in /etc/gator-ota/settings.toml /etc/gator-ota/gator-ota.env; do
   grep -q " $f " <<<"$conffiles" || fail "$f is not a conffile: $conffiles"
 done
-unit=$(ls "$chroot_dir"/{usr/,}lib/systemd/system/gator-ota.service 2>/dev/null | head -n 1)
+unit=""
+for u in "$chroot_dir"/{usr/,}lib/systemd/system/gator-ota.service; do
+  if [ -f "$u" ]; then unit=$u; break; fi
+done
 [ -n "$unit" ] || fail "no unit installed"
 grep -q '^ExecStart=/usr/bin/gator-ota run' "$unit" || fail "the unit does not run /usr/bin/gator-ota"
 [ -L "$chroot_dir/etc/systemd/system/multi-user.target.wants/gator-ota.service" ] ||
