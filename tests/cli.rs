@@ -269,3 +269,30 @@ fn completions_are_generated_for_each_shell_with_every_command() {
     let out = gator_ota_gen(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn a_bad_log_format_is_refused_with_the_ones_there_are() {
+    let out = gator_ota(&["check-config"], &[("GATOR_OTA_LOG_FORMAT", "xml")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("'xml'") && stderr.contains("[possible values: text, json]"),
+        "{stderr}"
+    );
+
+    // json on a refused setting: the one line is a JSON object naming the key.
+    let out = gator_ota(
+        &["--log-format", "json", "check-config"],
+        &[("GATOR_OTA__JOBS__ATTEMPS", "1")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains("jobs.attemps"),
+        "{line}"
+    );
+}
