@@ -8,7 +8,8 @@
 #
 # It makes two packages of the current build (revisions 1 and 2, with
 # deploy/package-deb.sh), a minimal Debian root with mmdebstrap from this
-# machine's apt sources, and in it, through chroot:
+# machine's apt sources, and in it, through chroot and with apt-get as an
+# operator would:
 #   1. installs revision 1: the gator-ota user and /var/lib/gator-ota exist,
 #      the unit is enabled but not started (the postinst says so), the
 #      conffiles are registered, `check-config` passes on the shipped settings;
@@ -30,7 +31,7 @@ keep=0
 case "${1:-}" in
   --keep) keep=1 ;;
   "") ;;
-  -h | --help) sed -n '3,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '3,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1' (see --help)" ;;
 esac
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap and chroot need it): sudo bash $0"
@@ -49,6 +50,11 @@ trap cleanup EXIT
 step() { echo "--- $*"; }
 fail() { die "FAILED: $*"; }
 in_root() { chroot "$chroot_dir" "$@"; }
+# As an operator types it; every dependency is in the root already, so apt
+# has nothing to download. (Its --no-download refuses local packages.)
+apt_in_root() {
+  DEBIAN_FRONTEND=noninteractive chroot "$chroot_dir" apt-get -y -o Dpkg::Use-Pty=0 "$@"
+}
 
 step "packages: revisions 1 and 2 of the current build"
 bash "$root/deploy/package-deb.sh" --revision 1 --out "$work/r1" >/dev/null
@@ -75,7 +81,7 @@ cp "$deb1" "$deb2" "$chroot_dir/tmp/"
 [ ! -e "$chroot_dir/run/systemd/system" ] || fail "the root claims a running systemd"
 
 step "1. install revision 1"
-log=$(in_root dpkg -i "/tmp/${deb1##*/}" 2>&1) || { echo "$log"; fail "dpkg -i revision 1"; }
+log=$(apt_in_root install "/tmp/${deb1##*/}" 2>&1) || { echo "$log"; fail "apt install revision 1"; }
 echo "$log"
 grep -q "enabled, but not started" <<<"$log" || fail "the postinst did not say the service is not started"
 pw=$(in_root getent passwd gator-ota) || fail "no gator-ota user"
@@ -116,7 +122,7 @@ echo "ok: user $uid:$gid, state folder, conffiles, unit enabled, man pages, comp
 step "2. edit the settings, upgrade to revision 2"
 sed -i 's/^id = "gateway-17"$/id = "edited-gateway"/' "$chroot_dir/etc/gator-ota/settings.toml"
 grep -q '^id = "edited-gateway"$' "$chroot_dir/etc/gator-ota/settings.toml" || fail "the edit did not take"
-log=$(in_root dpkg -i "/tmp/${deb2##*/}" 2>&1) || { echo "$log"; fail "dpkg -i revision 2"; }
+log=$(apt_in_root install "/tmp/${deb2##*/}" 2>&1) || { echo "$log"; fail "apt install revision 2"; }
 echo "$log"
 [ "$(in_root dpkg-query -W -f='${Version}' gator-ota)" = "$(dpkg-deb -f "$deb2" Version)" ] ||
   fail "revision 2 is not installed"
@@ -131,7 +137,7 @@ grep -q "not started" <<<"$log" && fail "the upgrade repeated the first-install 
 echo "ok: $(in_root dpkg-query -W -f='${Version}' gator-ota) installed, edited settings kept, state kept"
 
 step "3. remove"
-in_root dpkg -r gator-ota || fail "dpkg -r"
+apt_in_root remove gator-ota || fail "apt remove"
 [ ! -e "$chroot_dir/usr/bin/gator-ota" ] || fail "the binary is still there"
 [ -f "$chroot_dir/etc/gator-ota/settings.toml" ] || fail "remove deleted the settings (only purge may)"
 in_root getent passwd gator-ota >/dev/null || fail "remove deleted the user (only purge may)"
@@ -142,7 +148,7 @@ in_root getent passwd gator-ota >/dev/null || fail "remove deleted the user (onl
 echo "ok: binary gone, unit masked; settings, state and user kept"
 
 step "4. purge"
-in_root dpkg -P gator-ota || fail "dpkg -P"
+apt_in_root purge gator-ota || fail "apt purge"
 [ ! -e "$chroot_dir/etc/gator-ota" ] || fail "/etc/gator-ota is still there: $(ls -A "$chroot_dir/etc/gator-ota")"
 [ ! -e "$chroot_dir/var/lib/gator-ota" ] || fail "/var/lib/gator-ota is still there"
 ! in_root getent passwd gator-ota >/dev/null || fail "the user gator-ota is still there"
