@@ -68,7 +68,8 @@ impl AwsLayer {
     }
 }
 
-/// object_store's reading of a yes/no variable (`true`, `1`, `yes`, `on`, …).
+/// object_store's words for yes (`true`, `1`, `yes`, `y`, `on`) and their
+/// opposites; anything else is refused, where object_store would take it for no.
 fn truthy(raw: &str) -> Option<bool> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "y" | "on" => Some(true),
