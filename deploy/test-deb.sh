@@ -18,7 +18,10 @@
 #   3. removes it: the binary is gone, the unit masked, the conffiles, the
 #      state folder and the user stay;
 #   4. purges it: the conffiles, the state folder, the user, its group and
-#      the unit's links are gone.
+#      the unit's links are gone;
+#   5. installs over the files the release archive's install.sh leaves: its
+#      settings are kept and its unit, which would override the package's,
+#      is named.
 # No systemd runs in a chroot: the maintainer scripts must get by without it.
 # Takes a few minutes (mostly mmdebstrap); not part of tests/run.sh.
 set -euo pipefail
@@ -31,7 +34,7 @@ keep=0
 case "${1:-}" in
   --keep) keep=1 ;;
   "") ;;
-  -h | --help) sed -n '3,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '3,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) die "unknown argument '$1' (see --help)" ;;
 esac
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap and chroot need it): sudo bash $0"
@@ -156,5 +159,18 @@ apt_in_root purge gator-ota || fail "apt purge"
 links=$(find "$chroot_dir/etc/systemd" -name 'gator-ota*' 2>/dev/null)
 [ -z "$links" ] || fail "unit links left: $links"
 echo "ok: settings, state folder, user, group and unit links gone"
+
+step "5. install over what the release archive's install.sh left"
+mkdir -p "$chroot_dir/etc/gator-ota"
+printf '[system]\nid = "from-the-archive"\n' >"$chroot_dir/etc/gator-ota/settings.toml"
+# install.sh's unit with its default PREFIX is the source as it is.
+cp "$root/deploy/gator-ota.service" "$chroot_dir/etc/systemd/system/gator-ota.service"
+# dpkg asks whether to keep the file it did not install; an operator keeps it.
+log=$(apt_in_root -o Dpkg::Options::=--force-confold install "/tmp/${deb2##*/}" 2>&1) ||
+  { echo "$log"; fail "apt install over the archive's files"; }
+grep -q "overrides the" <<<"$log" || { echo "$log"; fail "no warning about the archive's unit"; }
+grep -q '^id = "from-the-archive"$' "$chroot_dir/etc/gator-ota/settings.toml" ||
+  fail "the archive's settings were replaced"
+echo "ok: the archive's settings kept, its unit named"
 echo
 echo "test-deb.sh: all steps passed ($(dpkg-deb -f "$deb1" Package) $(dpkg-deb -f "$deb1" Version) -> $(dpkg-deb -f "$deb2" Version), Debian $suite root)"
