@@ -25,11 +25,11 @@ usage() {
   cat <<EOF
 Usage: bash deploy/release.sh [--target TRIPLE]... [--out DIR] [--smoke] [--no-deb]
 
-Builds stripped gator-ota release archives for Raspberry Pi OS.
+Builds stripped gator-ota release archives and Debian packages for Raspberry Pi OS.
 
   --target TRIPLE  build only this target (repeatable); default: all of
                    ${RELEASE_TARGETS[*]}
-  --out DIR        where the archives go (default: dist/, or \$GATOR_OTA_DIST)
+  --out DIR        where the archives and packages go (default: dist/, or \$GATOR_OTA_DIST)
   --smoke          afterwards, smoke-test each archive under qemu-user
                    (bash deploy/smoke-qemu.sh ARCHIVE...)
   --no-deb         skip the Debian packages (deploy/package-deb.sh)
