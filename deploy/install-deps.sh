@@ -2,14 +2,32 @@
 # Installs what building and testing gator-ota needs on Debian: cmake (for the
 # bundled paho MQTT C library), OpenSSL headers, and mosquitto (the broker the
 # tests and the local run start). Does nothing when all are present.
+#
+#   bash deploy/install-deps.sh              # build and test
+#   bash deploy/install-deps.sh --packaging  # the Debian package: cargo-deb,
+#                                            # lintian, dpkg-dev; mmdebstrap
+#                                            # for deploy/test-deb.sh
 set -euo pipefail
 
+packaging=0
+case "${1:-}" in
+  --packaging) packaging=1 ;;
+  "") ;;
+  *) echo "install-deps.sh: unknown argument '$1'" >&2; exit 1 ;;
+esac
+
 missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
-dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "$packaging" -eq 1 ]; then
+  command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+  command -v dpkg-shlibdeps >/dev/null 2>&1 || missing+=(dpkg-dev)
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+else
+  command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+  dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
@@ -17,4 +35,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# cargo-deb is a cargo subcommand, built from crates.io at the version its
+# lock file pins.
+if [ "$packaging" -eq 1 ] && ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing: cargo-deb (cargo install --locked)"
+  cargo install cargo-deb --locked
 fi

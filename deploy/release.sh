@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Builds gator-ota for Raspberry Pi gateways and packs one archive per target:
+# Builds gator-ota for Raspberry Pi gateways and packs, per target, an archive
+# and a Debian package:
 #
 #   bash deploy/release.sh            # both targets -> dist/
 #   bash deploy/release.sh --smoke    # ... then run each under qemu (deploy/smoke-qemu.sh)
+#   bash deploy/release.sh --no-deb   # archives only
 #
 # Each archive, dist/gator-ota-VERSION-TARGET.tar.gz, holds the stripped
 # binary, the systemd unit, the default and example settings, the env file
-# template, install.sh, the README and BUILD-INFO; dist/SHA256SUMS lists them.
+# template, install.sh, the README and BUILD-INFO. Each package,
+# dist/gator-ota_VERSION-1_ARCH.deb (arm64, armhf), is made from the same
+# binary by deploy/package-deb.sh (cargo-deb, checked with lintian). The
+# amd64 package: bash deploy/package-deb.sh. dist/SHA256SUMS lists them all.
 # Installs what it needs (Debian's cross gcc and libc packages, rustup
 # targets). Cross builds use their own target folder (CARGO_TARGET_DIR,
 # default target/cross) so they never lock the main build.
@@ -18,15 +23,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 usage() {
   cat <<EOF
-Usage: bash deploy/release.sh [--target TRIPLE]... [--out DIR] [--smoke]
+Usage: bash deploy/release.sh [--target TRIPLE]... [--out DIR] [--smoke] [--no-deb]
 
-Builds stripped gator-ota release archives for Raspberry Pi OS.
+Builds stripped gator-ota release archives and Debian packages for Raspberry Pi OS.
 
   --target TRIPLE  build only this target (repeatable); default: all of
                    ${RELEASE_TARGETS[*]}
-  --out DIR        where the archives go (default: dist/, or \$GATOR_OTA_DIST)
+  --out DIR        where the archives and packages go (default: dist/, or \$GATOR_OTA_DIST)
   --smoke          afterwards, smoke-test each archive under qemu-user
                    (bash deploy/smoke-qemu.sh ARCHIVE...)
+  --no-deb         skip the Debian packages (deploy/package-deb.sh)
 
 Environment: CARGO_TARGET_DIR (default: target/cross). On a shared machine,
 run it under 'nice -n 15'.
@@ -35,6 +41,7 @@ EOF
 
 targets=()
 smoke=0
+deb=1
 out="${GATOR_OTA_DIST:-$root/dist}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -51,6 +58,7 @@ while [ $# -gt 0 ]; do
       ;;
     --out=*) out=${1#*=}; shift ;;
     --smoke) smoke=1; shift ;;
+    --no-deb) deb=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -170,11 +178,22 @@ EOF
     -C "$(dirname "$stage")" -cf - "$name" | gzip -n -9 >"$archive.tmp"
   mv -f "$archive.tmp" "$archive"
   archives+=("$archive")
+  if [ "$deb" -eq 1 ]; then
+    # The binary just checked, packaged as it is.
+    package=$(bash "$root/deploy/package-deb.sh" --target "$t" --no-build --out "$out" | tail -n 1) ||
+      die "the Debian package for $t failed (see above)"
+    summary+=("$(printf '%-32s %s' "" "-> ${package#"$root"/}")")
+  fi
   summary+=("$(awk -v t="$t" -v s="$size" -v g="$glibc" -v b="$build_secs" -v a="${archive#"$root"/}" \
     'BEGIN { printf "%-32s %.2f MiB binary (%d bytes), glibc >= %s, built in %ds -> %s", t, s / 1048576, s, g, b, a }')")
 done
 
-(cd "$out" && sha256sum -- gator-ota-*.tar.gz >SHA256SUMS.tmp && mv -f SHA256SUMS.tmp SHA256SUMS)
+(
+  cd "$out"
+  shopt -s nullglob
+  sha256sum -- gator-ota-*.tar.gz gator-ota_*.deb >SHA256SUMS.tmp
+  mv -f SHA256SUMS.tmp SHA256SUMS
+)
 
 echo
 echo "gator-ota $version release archives ($commit):"

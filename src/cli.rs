@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,8 +12,24 @@ use clap::{Args, Parser, Subcommand};
     about = "Over-the-air firmware delivery for Data Gators on SCARECRO gateways"
 )]
 pub struct Cli {
+    /// How log lines are written to stderr: `text` (for journald and people)
+    /// or `json` (one object per line, with the job's fields, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "GATOR_OTA_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    run::init_logging();
+    run::init_logging(cli.log_format);
     match cli.command {
         cli::Command::Run(args) => run::run(&args),
         cli::Command::CheckConfig(args) => run::check_config(&args),

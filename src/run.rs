@@ -6,18 +6,32 @@ use gator_ota_actors::{Plan, Service};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::SettingsArgs;
+use crate::cli::{LogFormat, SettingsArgs};
 
 /// Log level from `GATOR_OTA_LOG` (or `RUST_LOG`), `info` when neither is set.
-pub fn init_logging() {
+/// Logging starts before the settings are read, so that an error in them is
+/// logged in the chosen format too; hence a flag and variable, not a setting.
+pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("GATOR_OTA_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields at the top level beside `message`, and every
+        // span it happened in (`job` with msg_id, file_name, cloud_path)
+        // under `spans`, so a shipper can filter on them directly.
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }
 
 /// Settings loaded and turned into a plan: the one road `run` and

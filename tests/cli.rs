@@ -227,3 +227,152 @@ fn a_key_of_an_earlier_version_says_what_replaced_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_shows_what_the_aws_variables_set_and_what_overrides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("settings.toml");
+    std::fs::write(
+        &file,
+        "[carriers.s3_firmware_ota]\nbucket = \"s3://fw\"\nregion = \"file-region\"\n",
+    )
+    .unwrap();
+    let out = gator_ota(
+        &["check-config", "--settings", file.to_str().unwrap()],
+        &[
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_DEFAULT_REGION", "eu-central-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIAFROMENV"),
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-value"),
+            ("AWS_SESSION_TOKEN", "aws-session-token-value"),
+            (
+                "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ACCESS_KEY_ID",
+                "AKIAOURS",
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "allow_http = true",
+        "endpoint = \"http://127.0.0.1:9000\"",
+        "region = \"eu-central-1\"",
+        "access_key_id = \"AKIAOURS\"",
+        "session_token = \"<redacted>\"",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
+    }
+    for secret in ["aws-secret-value", "aws-session-token-value"] {
+        assert!(!stdout.contains(secret), "{secret} leaked:\n{stdout}");
+    }
+
+    let out = gator_ota(
+        &["check-config", "--settings", file.to_str().unwrap()],
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("set by AWS_ENDPOINT_URL"), "{stderr}");
+}
+
+/// `gator-ota-gen`, which writes the man pages and completions for packaging.
+fn gator_ota_gen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gator-ota-gen"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The commands `--help` lists (without `help` itself).
+fn commands_in_help() -> Vec<String> {
+    let out = gator_ota(&["--help"], &[]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.contains(&"check-config".to_string()), "{help}");
+    commands
+}
+
+#[test]
+fn the_man_pages_cover_every_command_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man1");
+    let out = gator_ota_gen(&["man", "--out", man.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let page = std::fs::read_to_string(man.join("gator-ota.1")).unwrap();
+    assert!(page.contains(".TH gator-ota 1"), "{page}");
+    for section in [".SH SUBCOMMANDS", ".SH ENVIRONMENT", ".SH FILES"] {
+        assert!(page.contains(section), "no {section} in:\n{page}");
+    }
+    for var in [
+        "GATOR_OTA_LOG_FORMAT",
+        "AWS_ALLOW_HTTP",
+        "AWS_SESSION_TOKEN",
+    ] {
+        assert!(page.contains(var), "no {var} in:\n{page}");
+    }
+    for command in commands_in_help() {
+        let name = format!("gator-ota-{command}");
+        assert!(
+            page.contains(&name.replace('-', "\\-")),
+            "no {name} in:\n{page}"
+        );
+        let sub = std::fs::read_to_string(man.join(format!("{name}.1")))
+            .unwrap_or_else(|e| panic!("{name}.1: {e}"));
+        assert!(sub.contains(".SH SYNOPSIS"), "{sub}");
+    }
+    assert!(
+        !page.contains("generate"),
+        "the hidden command shows:\n{page}"
+    );
+}
+
+#[test]
+fn completions_are_generated_for_each_shell_with_every_command() {
+    let commands = commands_in_help();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = gator_ota_gen(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for command in &commands {
+            assert!(script.contains(command.as_str()), "{shell}: no {command}");
+        }
+        assert!(script.contains("log-format"), "{shell}: no --log-format");
+    }
+    let out = gator_ota_gen(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn a_bad_log_format_is_refused_with_the_ones_there_are() {
+    let out = gator_ota(&["check-config"], &[("GATOR_OTA_LOG_FORMAT", "xml")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("'xml'") && stderr.contains("[possible values: text, json]"),
+        "{stderr}"
+    );
+
+    // json on a refused setting: the one line is a JSON object naming the key.
+    let out = gator_ota(
+        &["--log-format", "json", "check-config"],
+        &[("GATOR_OTA__JOBS__ATTEMPS", "1")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains("jobs.attemps"),
+        "{line}"
+    );
+}

@@ -271,3 +271,92 @@ fn oversized_payloads_are_refused_unparsed() {
     world.publish_json(&firmware_image("small", "a", "fw/a.bin"));
     assert_eq!(confirms.recv_json(DEADLINE).unwrap()["file_name"], "a");
 }
+
+/// The S3 carrier set up by AWS's standard variables alone, as an operator
+/// used to the AWS CLI would: the store's address, plain HTTP, region, keys.
+#[test]
+fn the_standard_aws_variables_reach_the_store() {
+    let world = World::new();
+    world
+        .s3
+        .put_object(BUCKET, "fw/aws.bin", b"image from aws vars");
+    let aws = [
+        ("AWS_ENDPOINT_URL", world.s3.endpoint()),
+        ("AWS_ALLOW_HTTP", "true".to_string()),
+        ("AWS_DEFAULT_REGION", REGION.to_string()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+    ];
+    let mut env: Vec<(String, String)> = world
+        .env()
+        .into_iter()
+        .filter(|(k, _)| {
+            ![
+                "ENDPOINT",
+                "ALLOW_HTTP",
+                "REGION",
+                "ACCESS_KEY_ID",
+                "SECRET_ACCESS_KEY",
+            ]
+            .iter()
+            .any(|s| k.ends_with(&format!("S3_FIRMWARE_OTA__{s}")))
+        })
+        .collect();
+    assert_eq!(env.len(), world.env().len() - aws.len());
+    env.extend(aws.map(|(k, v)| (k.to_string(), v)));
+    let _gw = Gateway::start(env);
+    let confirms = world.confirms();
+    world.publish_json(&firmware_image("aws-1", "aws", "fw/aws.bin"));
+    let confirm = confirms.recv_json(DEADLINE).expect("a confirm_receipt");
+    assert_eq!(confirm["file_name"], "aws");
+    assert_eq!(
+        std::fs::read(world.image("aws")).unwrap(),
+        b"image from aws vars"
+    );
+}
+
+/// `GATOR_OTA_LOG_FORMAT=json`: every line a log shipper reads is one JSON
+/// object, and a job's lines carry the job's fields.
+#[test]
+fn json_logs_are_one_object_per_line_with_the_job_fields() {
+    let world = World::new();
+    world
+        .s3
+        .put_object(BUCKET, "fw/json.bin", b"image for json logs");
+    let mut env = world.env();
+    env.push(("GATOR_OTA_LOG_FORMAT".into(), "json".into()));
+    let gw = Gateway::start(env);
+    let confirms = world.confirms();
+    world.publish_json(&firmware_image("json-1", "json", "fw/json.bin"));
+    confirms.recv_json(DEADLINE).expect("a confirm_receipt");
+    gw.wait_log("\"msg_id\":\"json-1\"");
+    let log = gw.log();
+    assert!(gw.terminate().success(), "{log}");
+
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3, "{log}");
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string() && line["level"].is_string(),
+            "{line}"
+        );
+        assert!(line["message"].is_string(), "{line}");
+    }
+    let job_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["spans"].as_array().is_some_and(|spans| {
+                spans.iter().any(|s| {
+                    s["name"] == "job"
+                        && s["msg_id"] == "json-1"
+                        && s["file_name"] == "json"
+                        && s["cloud_path"] == "fw/json.bin"
+                })
+            })
+        })
+        .collect();
+    assert!(!job_lines.is_empty(), "no line in the job's span:\n{log}");
+}

@@ -2,7 +2,8 @@
 //!
 //! Layers, lowest first: the defaults embedded from `settings/default.toml`,
 //! the operator's TOML file, then `GATOR_OTA__SECTION__KEY` environment
-//! variables (and the standard `AWS_*` variables for the S3 carrier). After
+//! variables; the standard `AWS_*` variables for the S3 carrier sit between
+//! the file and those (`aws_env`). After
 //! loading, [`Settings::validate`] turns every bad value into an error naming
 //! the key and the fix, so nothing starts on a half-valid configuration.
 //!
@@ -15,6 +16,7 @@
 //! checks the values, [`scarecro`] reads a SCARECRO gateway's configuration
 //! folder into a layer of its own.
 
+mod aws_env;
 mod keys;
 mod load;
 mod merged;
@@ -248,6 +250,9 @@ pub struct S3Carrier {
     pub secret_access_key: Secret,
     #[serde(default)]
     pub secret_access_key_file: Option<PathBuf>,
+    /// With temporary credentials (STS, SSO): the token that goes with them.
+    #[serde(default)]
+    pub session_token: Secret,
     pub prefix: String,
     pub allow_http: bool,
     #[serde(with = "humantime_serde")]

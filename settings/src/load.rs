@@ -54,24 +54,14 @@ pub(crate) fn load_layers(
         }
         builder = builder.add_source(File::from(file.as_path()).format(FileFormat::Toml));
     }
-    let ours: HashMap<String, String> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    builder = builder.add_source(
-        Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .with_list_parse_key("firmware.allowed_roots")
-            .with_list_parse_key("firmware.public_keys")
-            .with_list_parse_key("firmware.public_key_files")
-            .try_parsing(true)
-            .source(Some(ours)),
-    );
     check_env_names(env)?;
-    let cfg = builder.build()?;
+    // Any layer, the environment too, may make a carrier an S3 one; the AWS
+    // layer for those then goes between the file and the environment.
+    let s3 = crate::aws_env::s3_carriers(&builder.clone().add_source(ours(env)).build()?);
+    let cfg = builder
+        .add_source(crate::aws_env::AwsLayer::new(&s3, env)?)
+        .add_source(ours(env))
+        .build()?;
     let merged = Merged::new(
         config::Source::collect(&cfg)?,
         env,
@@ -102,7 +92,7 @@ pub(crate) fn load_layers(
     {
         in_scarecro_working_dir(&mut settings, layer.working_dir());
     }
-    apply_secret_files_and_aws_env(&mut settings, env)
+    apply_secret_files(&mut settings)
         .and_then(|()| settings.validate())
         .map_err(|e| merged.locate(e))?;
     Ok(settings)
@@ -117,6 +107,24 @@ fn in_scarecro_working_dir(settings: &mut Settings, working_dir: &Path) {
     if settings.system.data_dir.is_relative() {
         settings.system.data_dir = working_dir.join(&settings.system.data_dir);
     }
+}
+
+/// The `GATOR_OTA__` variables, the top layer.
+fn ours(env: &Env) -> Environment {
+    let ours: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("firmware.allowed_roots")
+        .with_list_parse_key("firmware.public_keys")
+        .with_list_parse_key("firmware.public_key_files")
+        .try_parsing(true)
+        .source(Some(ours))
 }
 
 /// Carriers differ by `source`, so each table is read by what it says it is.
@@ -137,14 +145,9 @@ fn carrier(m: &Merged, name: &str) -> Result<Carrier, SettingsError> {
     }
 }
 
-/// Secrets may live in files (systemd credentials) or the standard AWS
-/// variables, so they need not be written into a settings file.
-fn apply_secret_files_and_aws_env(settings: &mut Settings, env: &Env) -> Result<(), SettingsError> {
-    let var = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| env.get(*n).filter(|v| !v.is_empty()).cloned())
-    };
+/// Secrets may live in files (systemd credentials), so they need not be
+/// written into a settings file; a file named replaces the secret from any layer.
+fn apply_secret_files(settings: &mut Settings) -> Result<(), SettingsError> {
     for (name, carrier) in &mut settings.carriers {
         match carrier {
             Carrier::Mqtt(m) => {
@@ -160,19 +163,6 @@ fn apply_secret_files_and_aws_env(settings: &mut Settings, env: &Env) -> Result<
                 if let Some(path) = &s.secret_access_key_file {
                     s.secret_access_key =
                         read_secret(&format!("carriers.{name}.secret_access_key_file"), path)?;
-                }
-                if s.access_key_id.is_empty() {
-                    s.access_key_id = var(&["AWS_ACCESS_KEY_ID"]).unwrap_or_default();
-                }
-                if s.secret_access_key.is_empty() {
-                    s.secret_access_key =
-                        Secret::new(var(&["AWS_SECRET_ACCESS_KEY"]).unwrap_or_default());
-                }
-                if s.region.is_empty() {
-                    s.region = var(&["AWS_REGION", "AWS_DEFAULT_REGION"]).unwrap_or_default();
-                }
-                if s.endpoint.is_empty() {
-                    s.endpoint = var(&["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]).unwrap_or_default();
                 }
             }
         }

@@ -145,6 +145,9 @@ impl Merged {
                     Some((_, var)) => format!("set by {var}"),
                     None => "set in the environment".into(),
                 },
+                Some(place) if place.starts_with(crate::aws_env::ORIGIN) => {
+                    format!("set by {}", &place[crate::aws_env::ORIGIN.len()..])
+                }
                 Some(place) if Some(place) == self.folder.as_deref() => {
                     format!("from the SCARECRO folder {place}")
                 }
