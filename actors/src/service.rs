@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use crate::egress::{EgressConfig, MqttEgress};
 use crate::firmware::Defaults;
+use crate::http::{FirmwareServer, HttpError};
 use crate::ingress::{IngressConfig, MqttIngress, Subscription};
 use crate::job::{Policy, Runner, RunnerParts};
 use crate::journal::{JobRecord, Journal};
@@ -48,6 +49,8 @@ pub enum StartError {
     Route(#[from] RouteError),
     #[error("firmware signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// The running pipeline. Dropping it does not stop the actors; call
@@ -56,6 +59,7 @@ pub enum StartError {
 pub struct Service {
     client: paho::AsyncClient,
     _ingress: Addr<MqttIngress>,
+    http: Option<FirmwareServer>,
 }
 
 impl Service {
@@ -101,6 +105,7 @@ impl Service {
         )?);
         let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
         let journal = Arc::new(journal);
+        let http = FirmwareServer::start(&settings.http, &confinement, journal.clone(), &state)?;
         let (inbox, held) = open_inbox(&state, &pending).map_err(folder_err(&state))?;
         let status = StatusSink {
             egress: egress.clone().recipient(),
@@ -144,11 +149,21 @@ impl Service {
         Ok(Self {
             client,
             _ingress: ingress,
+            http,
         })
     }
 
-    /// Leaves the broker, giving in-flight acknowledgements a moment.
+    /// The firmware server's bound addresses; empty when it is off.
+    pub fn http_addrs(&self) -> &[std::net::SocketAddr] {
+        self.http.as_ref().map_or(&[], |h| h.addrs())
+    }
+
+    /// Stops the firmware server (downloads in flight get a few seconds),
+    /// then leaves the broker, giving in-flight acknowledgements a moment.
     pub async fn shutdown(self) {
+        if let Some(http) = self.http {
+            http.stop().await;
+        }
         if self.client.is_connected() {
             let done = self.client.disconnect(None);
             if tokio::time::timeout(Duration::from_secs(2), done)

@@ -12,7 +12,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use crate::load::{ENV_PREFIX, Env};
 use crate::merged::{ENTRIES, Merged, env_key};
 use crate::{
-    Address, Firmware, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier, SettingsError as E,
+    Address, Firmware, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier, SettingsError as E,
     System, Task,
 };
 
@@ -22,6 +22,7 @@ const SECTIONS: &[&str] = &[
     "firmware",
     "pipeline",
     "jobs",
+    "http",
     "messages",
     "carriers",
     "addresses",
@@ -114,6 +115,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "firmware" => fields::<Firmware>(),
         "pipeline" => fields::<Pipeline>(),
         "jobs" => fields::<Jobs>(),
+        "http" => fields::<Http>(),
         _ => &[],
     }
 }

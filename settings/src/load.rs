@@ -67,6 +67,7 @@ pub(crate) fn load_layers(
             .with_list_parse_key("firmware.allowed_roots")
             .with_list_parse_key("firmware.public_keys")
             .with_list_parse_key("firmware.public_key_files")
+            .with_list_parse_key("http.listen")
             .try_parsing(true)
             .source(Some(ours)),
     );
@@ -85,6 +86,7 @@ pub(crate) fn load_layers(
         firmware: merged.section::<Firmware>("firmware")?,
         pipeline: merged.section::<Pipeline>("pipeline")?,
         jobs: merged.section("jobs")?,
+        http: merged.section("http")?,
         messages: merged.section("messages")?,
         carriers: BTreeMap::new(),
         addresses: merged.section("addresses")?,
