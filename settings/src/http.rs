@@ -125,3 +125,76 @@ impl Http {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Env, SettingsError, load_with_env};
+
+    fn load(toml: &str, vars: &[(&str, &str)]) -> Result<crate::Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gator-ota.toml");
+        std::fs::write(&path, toml).unwrap();
+        let env: Env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load_with_env(Some(&path), &env)
+    }
+
+    fn refused_key(toml: &str, vars: &[(&str, &str)]) -> String {
+        match load(toml, vars) {
+            Err(SettingsError::Invalid { key, .. }) => key,
+            Err(other) => panic!("expected a key error, got {other}"),
+            Ok(_) => panic!("{toml:?} {vars:?} was accepted"),
+        }
+    }
+
+    #[test]
+    fn defaults_publish_the_data_gator_pointer_on_loopback() {
+        let s = load("", &[]).unwrap();
+        assert!(s.http.enabled);
+        assert!(s.http.addresses()[0].ip().is_loopback());
+        assert_eq!(s.http.pointers[0].url, "/current_version.txt");
+        assert_eq!(s.http.pointers[0].file, s.firmware.pointer_file);
+    }
+
+    #[test]
+    fn listen_addresses_come_from_a_file_or_a_variable() {
+        let s = load("", &[("GATOR_OTA__HTTP__LISTEN", "0.0.0.0:80,[::]:80")]).unwrap();
+        assert_eq!(s.http.addresses().len(), 2);
+        let s = load("[http]\nlisten = [\"0.0.0.0:80\"]\n", &[]).unwrap();
+        assert_eq!(s.http.addresses()[0].port(), 80);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (toml, key) in [
+            ("[http]\nlisten = [\"gateway:80\"]\n", "http.listen[0]"),
+            ("[http]\nlisten = []\n", "http.listen"),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[http]\nrequest_timeout = \"0s\"\n", "http.request_timeout"),
+            ("[http]\ndevice_log_bytes = 10\n", "http.device_log_bytes"),
+            ("[http]\nlisten_on = 1\n", "http.listen_on"),
+            (
+                "[http]\npointers = [{ url = \"current_version.txt\", file = \"p\" }]\n",
+                "http.pointers[0].url",
+            ),
+            (
+                "[http]\npointers = [{ url = \"/a/../b\", file = \"p\" }]\n",
+                "http.pointers[0].url",
+            ),
+            (
+                "[http]\npointers = [{ url = \"/a\", file = \"p\" }, { url = \"/a\", file = \"q\" }]\n",
+                "http.pointers[1].url",
+            ),
+            (
+                "[http]\npointers = [{ url = \"/a\", file = \"\" }]\n",
+                "http.pointers[0].file",
+            ),
+        ] {
+            assert_eq!(refused_key(toml, &[]), key, "{toml}");
+        }
+        let s = load("[http]\nenabled = false\nlisten = []\n", &[]).unwrap();
+        assert!(!s.http.enabled);
+    }
+}
