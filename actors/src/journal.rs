@@ -247,7 +247,9 @@ impl Journal {
             .images
             .iter()
             .filter(|(p, i)| {
-                i.file_name == name || p.file_name().is_some_and(|f| f == std::ffi::OsStr::new(name))
+                i.file_name == name
+                    || p.file_name()
+                        .is_some_and(|f| f == std::ffi::OsStr::new(name))
             })
             .max_by_key(|(p, i)| (named.contains(p), i.seq))
             .map(|(p, i)| (p.clone(), i.clone()))

@@ -94,12 +94,16 @@ impl Http {
     fn validate_pointers(&self) -> Result<(), E> {
         for (i, p) in self.pointers.iter().enumerate() {
             let key = format!("http.pointers[{i}].url");
-            let plain = p.url.bytes().skip(1).all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')
-            });
+            let plain = p
+                .url
+                .bytes()
+                .skip(1)
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
             if !p.url.starts_with('/')
                 || !plain
-                || p.url[1..].split('/').any(|s| s.is_empty() || s == "." || s == "..")
+                || p.url[1..]
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
             {
                 return Err(E::invalid(
                     key,

@@ -12,8 +12,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use crate::load::{ENV_PREFIX, Env};
 use crate::merged::{ENTRIES, Merged, env_key};
 use crate::{
-    Address, Firmware, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier, SettingsError as E,
-    System, Task,
+    Address, Firmware, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier,
+    SettingsError as E, System, Task,
 };
 
 /// The top-level sections, in the order of `settings/default.toml`.

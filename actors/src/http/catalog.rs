@@ -62,11 +62,7 @@ impl Catalog {
     /// it, provided the image it names can be served under that name now.
     pub(crate) async fn pointer(&self, path: &str) -> Result<String, Miss> {
         let file = self.pointers.get(path).ok_or(Miss::Unknown)?;
-        let named = self
-            .journal
-            .pointer_at(file)
-            .await
-            .ok_or(Miss::NoPointer)?;
+        let named = self.journal.pointer_at(file).await.ok_or(Miss::NoPointer)?;
         match self.open(&named.file_name).await {
             Ok((disk_path, _)) if disk_path == named.disk_path => Ok(named.file_name),
             _ => Err(Miss::PointerImageMissing),
@@ -79,11 +75,7 @@ impl Catalog {
     }
 
     async fn open(&self, name: &str) -> Result<(PathBuf, Opened), Miss> {
-        let (disk_path, image) = self
-            .journal
-            .image_named(name)
-            .await
-            .ok_or(Miss::Unknown)?;
+        let (disk_path, image) = self.journal.image_named(name).await.ok_or(Miss::Unknown)?;
         let path = disk_path.clone();
         let len = image.bytes;
         let file = tokio::task::spawn_blocking(move || open_image(&path, len))

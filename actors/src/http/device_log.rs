@@ -163,7 +163,10 @@ mod tests {
         // The thread ends when the last sender is gone; wait for the last line.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while lines(&path).last().map(|l| l["bytes_sent"].clone()) != Some(99.into()) {
-            assert!(std::time::Instant::now() < deadline, "the last record never came");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the last record never came"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         for p in [&path, &old] {

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use actix_web::body::SizedStream;
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use bytes::Bytes;
 use futures::stream::{self, Stream};
@@ -93,7 +93,8 @@ fn image(req: &HttpRequest, opened: Opened, log: &DeviceLog, head: bool) -> Http
     let Opened { file, image } = opened;
     let etag = format!("\"{}\"", image.sha256);
     let mut record = new_record(req, &image.file_name, &image.sha256);
-    let already = header_str(req, "x-esp32-sketch-md5").is_some_and(|m| m.eq_ignore_ascii_case(&image.md5));
+    let already =
+        header_str(req, "x-esp32-sketch-md5").is_some_and(|m| m.eq_ignore_ascii_case(&image.md5));
     if already || none_match(req, &etag) {
         record.status = 304;
         record.completed = true;
@@ -129,7 +130,10 @@ fn image(req: &HttpRequest, opened: Opened, log: &DeviceLog, head: bool) -> Http
         record.bytes_expected = 0;
         record.completed = true;
         log.record(record);
-        return res.body(SizedStream::new(count, stream::empty::<Result<Bytes, std::io::Error>>()));
+        return res.body(SizedStream::new(
+            count,
+            stream::empty::<Result<Bytes, std::io::Error>>(),
+        ));
     }
     let transfer = Transfer {
         file: Arc::new(file),
@@ -154,12 +158,16 @@ fn image_headers(res: &mut HttpResponseBuilder, etag: &str, md5: &str, sha256: &
 /// `If-None-Match` naming this image (`*`, or its ETag, weak or strong).
 fn none_match(req: &HttpRequest, etag: &str) -> bool {
     header_str(req, "if-none-match").is_some_and(|list| {
-        list.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+        list.split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
     })
 }
 
 fn header_str<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
-    req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok())
+    req.headers()
+        .get(name)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
 }
 
 fn new_record(req: &HttpRequest, image: &str, sha256: &str) -> DeviceRecord {
