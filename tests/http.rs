@@ -589,3 +589,51 @@ fn a_hundred_devices_download_at_once() {
         .collect();
     assert_eq!(macs.len(), 100);
 }
+
+/// The exit of a gateway that must refuse to start, and its log.
+fn refused_start(env: Vec<(String, String)>) -> String {
+    let gw = Gateway::spawn(env);
+    wait_until(DEADLINE, "gator-ota to exit", || gw.exit_status().is_some());
+    assert!(!gw.exit_status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(100)); // let the log reader drain
+    gw.log()
+}
+
+#[test]
+fn the_server_is_off_when_disabled_and_a_taken_port_stops_the_start() {
+    let world = World::new();
+    let mut env = world.env();
+    env.push(("GATOR_OTA__HTTP__ENABLED".into(), "false".into()));
+    let gw = Gateway::start(env);
+    assert_eq!(gw.count("firmware server listening"), 0);
+    drop(gw);
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut env = world.env();
+    env.push(("GATOR_OTA__HTTP__LISTEN".into(), addr.clone()));
+    let log = refused_start(env);
+    assert!(
+        log.contains(&format!(
+            "settings key `http.listen`: cannot listen on {addr}"
+        )),
+        "{log}"
+    );
+
+    let mut env = world.env();
+    env.push(("GATOR_OTA_SETTINGS".into(), {
+        let path = world.dir.path().join("outside.toml");
+        std::fs::write(
+            &path,
+            "[http]\npointers = [{ url = \"/current_version.txt\", file = \"/etc/passwd\" }]\n",
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    }));
+    let log = refused_start(env);
+    assert!(
+        log.contains("settings key `http.pointers[0].file`"),
+        "{log}"
+    );
+    assert!(log.contains("outside the allowed folders"), "{log}");
+}
