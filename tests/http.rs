@@ -551,7 +551,7 @@ fn slow_clients_are_cut_and_connections_are_capped() {
 }
 
 #[test]
-fn a_hundred_devices_download_at_once() {
+fn two_hundred_devices_download_at_once() {
     let world = World::new();
     let gw = world.gateway();
     let addr = gw.http_addr();
@@ -560,7 +560,7 @@ fn a_hundred_devices_download_at_once() {
     install(&world, "m-fleet", name, "fw/fleet_v1.0.0.bin", &image);
     let want = sha256_hex(&image);
 
-    let devices: Vec<_> = (0..100)
+    let devices: Vec<_> = (0..200)
         .map(|i| {
             std::thread::spawn(move || {
                 let (status, response) = raw(
@@ -581,13 +581,13 @@ fn a_hundred_devices_download_at_once() {
     }
     wait_until(DEADLINE, "a record per device", || {
         let log = device_log(&world);
-        log.len() == 100 && log.iter().all(|r| r["completed"] == true)
+        log.len() == 200 && log.iter().all(|r| r["completed"] == true)
     });
     let macs: std::collections::BTreeSet<String> = device_log(&world)
         .iter()
         .map(|r| r["mac"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(macs.len(), 100);
+    assert_eq!(macs.len(), 200);
 }
 
 /// The exit of a gateway that must refuse to start, and its log.
