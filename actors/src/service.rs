@@ -153,11 +153,6 @@ impl Service {
         })
     }
 
-    /// The firmware server's bound addresses; empty when it is off.
-    pub fn http_addrs(&self) -> &[std::net::SocketAddr] {
-        self.http.as_ref().map_or(&[], |h| h.addrs())
-    }
-
     /// Stops the firmware server (downloads in flight get a few seconds),
     /// then leaves the broker, giving in-flight acknowledgements a moment.
     pub async fn shutdown(self) {

@@ -12,8 +12,9 @@
 //! Modules: [`secret`] keeps credentials out of logs and prints, `load`
 //! stacks the layers, `keys` refuses unknown sections and keys, `merged`
 //! types the stacked tree with errors that name the full key, `validate`
-//! checks the values, [`Http`] is the firmware server's `[http]`, [`scarecro`] reads a SCARECRO gateway's configuration
-//! folder into a layer of its own.
+//! checks the values, [`Http`] is the firmware server's `[http]`,
+//! [`scarecro`] reads a SCARECRO gateway's configuration folder into a layer
+//! of its own.
 
 mod http;
 mod keys;
