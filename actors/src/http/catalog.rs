@@ -105,3 +105,112 @@ fn open_image(path: &std::path::Path, len: u64) -> io::Result<File> {
     }
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::PointerRecord;
+
+    fn image(name: &str, bytes: u64) -> InstalledImage {
+        InstalledImage {
+            file_name: name.into(),
+            cloud_path: format!("fw/{name}"),
+            bytes,
+            sha256: "s".into(),
+            md5: "m".into(),
+            etag: None,
+            seq: 1,
+        }
+    }
+
+    /// A journal with one image (`a_v1.0.0.bin`, on disk as `.bin.bin`) that
+    /// the pointer `/cv` names.
+    async fn catalog(root: &std::path::Path) -> (Catalog, Arc<Journal>, PathBuf) {
+        let (journal, _) = Journal::open(&root.join(".gator-ota")).unwrap();
+        let journal = Arc::new(journal);
+        let disk = root.join("img/a_v1.0.0.bin.bin");
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        std::fs::write(&disk, b"image").unwrap();
+        journal
+            .record_installed(disk.clone(), image("a_v1.0.0.bin", 5))
+            .await
+            .unwrap();
+        let pointer = root.join("latest.json");
+        let named = PointerRecord {
+            file_name: "a_v1.0.0.bin".into(),
+            disk_path: disk.clone(),
+        };
+        journal
+            .record_pointer(pointer.clone(), named)
+            .await
+            .unwrap();
+        let urls = HashMap::from([("/cv".to_string(), pointer)]);
+        (Catalog::new(journal.clone(), urls), journal, disk)
+    }
+
+    #[actix_rt::test]
+    async fn images_by_either_name_and_the_pointer_while_its_image_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (catalog, _, disk) = catalog(&root).await;
+        assert_eq!(catalog.pointer("/cv").await.unwrap(), "a_v1.0.0.bin");
+        assert!(catalog.image("a_v1.0.0.bin").await.is_ok());
+        assert!(catalog.image("a_v1.0.0.bin.bin").await.is_ok());
+        assert_eq!(catalog.pointer("/other").await.err(), Some(Miss::Unknown));
+        assert_eq!(
+            catalog.image("latest.json").await.err(),
+            Some(Miss::Unknown)
+        );
+
+        // A file of another length than the index says is not served, and
+        // neither is the pointer that names it.
+        std::fs::write(&disk, b"longer image").unwrap();
+        assert_eq!(
+            catalog.image("a_v1.0.0.bin").await.err(),
+            Some(Miss::FileMismatch)
+        );
+        assert_eq!(
+            catalog.pointer("/cv").await.err(),
+            Some(Miss::PointerImageMissing)
+        );
+        std::fs::remove_file(&disk).unwrap();
+        assert_eq!(
+            catalog.pointer("/cv").await.err(),
+            Some(Miss::PointerImageMissing)
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_image_the_index_no_longer_vouches_for_is_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (catalog, journal, disk) = catalog(&root).await;
+        journal
+            .forget_installed(std::slice::from_ref(&disk))
+            .await
+            .unwrap();
+        assert_eq!(
+            catalog.image("a_v1.0.0.bin").await.err(),
+            Some(Miss::Unknown)
+        );
+        assert_eq!(
+            catalog.pointer("/cv").await.err(),
+            Some(Miss::PointerImageMissing)
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_link_in_place_of_an_image_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (catalog, _, disk) = catalog(&root).await;
+        let outside = root.join("outside");
+        std::fs::write(&outside, b"12345").unwrap();
+        std::fs::remove_file(&disk).unwrap();
+        std::os::unix::fs::symlink(&outside, &disk).unwrap();
+        assert_eq!(
+            catalog.image("a_v1.0.0.bin").await.err(),
+            Some(Miss::FileMismatch)
+        );
+    }
+}
