@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use gator_ota_testkit::{pseudo_random_bytes, to_hex};
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-/// A Data Gator's HTTPUpdate request headers (Arduino-ESP32 HTTPUpdate.cpp).
+/// The station MAC a Data Gator sends in `x-ESP32-STA-MAC`.
 const DEVICE_MAC: &str = "24:6F:28:AA:BB:CC";
 
 /// An image as an ESP32 build makes one: it starts with the image magic.
@@ -127,6 +126,8 @@ fn device_log(world: &World) -> Vec<Value> {
         .collect()
 }
 
+/// curl arguments for the request Arduino-ESP32's HTTPUpdate makes
+/// (`libraries/HTTPUpdate/src/HTTPUpdate.cpp`): HTTP/1.0 and its headers.
 fn httpupdate_args(sketch_md5: &str) -> Vec<String> {
     [
         "-0",
