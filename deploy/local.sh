@@ -2,7 +2,8 @@
 # Runs gator-ota on its embedded local defaults and shows one firmware
 # delivery end to end: a local mosquitto (started here unless one already
 # listens on 127.0.0.1:1883), a local folder standing in for the bucket, a
-# sample image, its download, the pointer file and the confirm_receipt.
+# sample image, its download, the pointer file and the confirm_receipt, then
+# what a Data Gator fetches from the firmware server (curl over HTTP/1.0).
 # The service keeps running afterwards; stop it with Ctrl-C.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +45,16 @@ grep -q subscribed gator-ota.log || { echo "gator-ota did not subscribe; see $wo
 
 echo
 "$bin" publish-sample
+http=$(sed -n 's/.*firmware server listening addr=\([^ ]*\).*/\1/p' gator-ota.log | head -n 1)
+if [ -n "$http" ]; then
+  echo
+  echo "firmware server on http://$http; what a Data Gator fetches:"
+  name=$(curl -0 -sS "http://$http/current_version.txt")
+  echo "  GET /current_version.txt -> $name"
+  echo "  GET /$name (as HTTPUpdate, HTTP/1.0):"
+  curl -0 -sS -A ESP32-http-Update -H "x-ESP32-STA-MAC: 24:6F:28:00:00:01" -o /dev/null -D - \
+    "http://$http/$name" | tr -d '\r' | grep -iE '^(HTTP/|content-length|x-md5|x-sha256|etag)' | sed 's/^/    /'
+fi
 echo
-echo "gator-ota is running on the local defaults (data in $work/gator-ota-data). Ctrl-C stops it."
+echo "gator-ota is running on the local defaults (data in $work/gator-ota-data; firmware server http://${http:-off}). Ctrl-C stops it."
 wait "${pids[0]}"

@@ -16,7 +16,10 @@
 #      testkit's s3-dev-server, built for the host: s3s-fs with SigV4)
 #      completes a firmware_image round trip: the installed image is
 #      byte-identical, the pointer file names it, the confirm_receipt arrives
-#      (observed with mosquitto_sub), and SIGTERM stops it cleanly;
+#      (observed with mosquitto_sub), a device-style fetch with curl over
+#      HTTP/1.0 from the emulated binary's firmware server gets the pointer
+#      (/current_version.txt) and then the image with its x-MD5, and SIGTERM
+#      stops it cleanly;
 #   3. over TLS (ssl://), the vendored OpenSSL refuses the broker while its CA
 #      is not in /etc/ssl/certs, and with the CA added there (a hash link, as
 #      update-ca-certificates makes) completes a second round trip. The CA
@@ -79,7 +82,7 @@ archive_target() {
 }
 
 # --- what the test needs ---------------------------------------------------------
-pkgs=(qemu-user mosquitto mosquitto-clients openssl ca-certificates jq file tar gzip coreutils util-linux)
+pkgs=(qemu-user mosquitto mosquitto-clients openssl ca-certificates jq file tar gzip coreutils util-linux curl)
 for a in "${archives[@]}"; do
   t=$(archive_target "$a")
   target_info "$t"
@@ -255,6 +258,8 @@ pids+=("$s3_pid")
 wait_for "$work/s3.out" "listening on " 30 "$s3_pid" || fail "s3-dev-server did not start" "$work/s3.log"
 endpoint=$(sed -n 's/^listening on //p' "$work/s3.out" | head -n 1)
 echo "mosquitto on 127.0.0.1:$port (TLS :$tls_port), S3 server on $endpoint"
+# The firmware server's port (the installed settings say 0.0.0.0:80).
+http_port=$(free_port)
 
 # round_trip NAME RUN_LOG: publishes a firmware_image for a fresh random image
 # and checks image, pointer and confirm_receipt. Uses $dir, $data, $system_id.
@@ -292,6 +297,18 @@ round_trip() {
   pointer=$(cat "$data/latest_firmware.json" 2>/dev/null || true)
   [ "$pointer" = "$name" ] || fail "pointer file holds '$pointer', expected '$name'" "$log"
   pass "pointer latest_firmware.json names $name"
+  # What a Data Gator does next: the pointer, then the image it names.
+  local served="$dir/served-$name" headers="$dir/served-$name.head"
+  pointer=$(curl -0 -sS --max-time 30 "http://127.0.0.1:$http_port/current_version.txt") ||
+    fail "cannot fetch /current_version.txt from the firmware server" "$log"
+  [ "$pointer" = "$name" ] || fail "/current_version.txt is '$pointer', expected '$name'" "$log"
+  curl -0 -sS --max-time 60 -A ESP32-http-Update -H "x-ESP32-STA-MAC: 24:6F:28:00:00:01" \
+    -D "$headers" -o "$served" "http://127.0.0.1:$http_port/$pointer" ||
+    fail "cannot fetch /$pointer from the firmware server" "$log"
+  cmp -s "$installed" "$served" || fail "the served image differs from the installed one" "$log"
+  grep -qi "^x-md5: $(md5sum "$installed" | cut -d' ' -f1)" "$headers" ||
+    fail "the image was served without the right x-MD5" "$headers"
+  pass "firmware server: /current_version.txt names $pointer; /$pointer byte-identical, x-MD5 right"
 }
 
 # gw_exec ARGS...: replaces the calling (sub)shell with the installed,
@@ -396,6 +413,7 @@ EOF
     "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT=$endpoint"
     "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ALLOW_HTTP=true"
     "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__CONNECT_TIMEOUT=5s"
+    "GATOR_OTA__HTTP__LISTEN=127.0.0.1:$http_port"
   )
 
   # 1. check-config

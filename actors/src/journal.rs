@@ -235,6 +235,29 @@ impl Journal {
         self.write_index(&index).await
     }
 
+    /// What the pointer at `config_path` names, if gator-ota wrote it.
+    pub async fn pointer_at(&self, config_path: &Path) -> Option<PointerRecord> {
+        self.index.lock().await.pointers.get(config_path).cloned()
+    }
+
+    /// The installed image a device asks for by `name`: its `file_name`, or
+    /// the name of its file on disk. When several match, one a pointer
+    /// names is taken first, then the newest.
+    pub async fn image_named(&self, name: &str) -> Option<(PathBuf, InstalledImage)> {
+        let index = self.index.lock().await;
+        let named: HashSet<&PathBuf> = index.pointers.values().map(|p| &p.disk_path).collect();
+        index
+            .images
+            .iter()
+            .filter(|(p, i)| {
+                i.file_name == name
+                    || p.file_name()
+                        .is_some_and(|f| f == std::ffi::OsStr::new(name))
+            })
+            .max_by_key(|(p, i)| (named.contains(p), i.seq))
+            .map(|(p, i)| (p.clone(), i.clone()))
+    }
+
     /// Paths retention must leave alone: every pointer gator-ota wrote, and
     /// every image one of them names.
     pub async fn named_by_pointers(&self) -> HashSet<PathBuf> {

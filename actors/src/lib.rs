@@ -11,6 +11,8 @@
 //! 4. [`writer`] — filesystem writer: staging, then image and pointer, each
 //!    atomically.
 //! 5. [`egress`] — MQTT egress: `confirm_receipt` and [`status`] messages.
+//! 6. [`http`] — the firmware server the Data Gators fetch pointers and
+//!    installed images from.
 //!
 //! Stages hold `Recipient`s of the next stage, never concrete actors.
 //! [`plan`] derives everything from settings (for `run` and `check-config`
@@ -20,6 +22,7 @@
 
 pub mod egress;
 pub mod firmware;
+pub mod http;
 pub mod ingress;
 pub mod job;
 pub mod journal;

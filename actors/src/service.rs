@@ -18,6 +18,7 @@ use paho_mqtt as paho;
 use tracing::{info, warn};
 
 use crate::egress::{EgressConfig, Fanout, MqttEgress, Route};
+use crate::http::{FirmwareServer, HttpError};
 use crate::ingress::{IngressConfig, MqttIngress};
 use crate::job::{Runner, RunnerParts};
 use crate::journal::{JobRecord, Journal};
@@ -45,6 +46,8 @@ pub enum StartError {
     Mqtt(#[from] MqttSetupError),
     #[error(transparent)]
     Store(#[from] StoreSetupError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 fn folder_err(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError {
@@ -58,6 +61,7 @@ fn folder_err(dir: &Path) -> impl FnOnce(std::io::Error) -> StartError {
 pub struct Service {
     clients: Vec<paho::AsyncClient>,
     _ingress: Vec<Addr<MqttIngress>>,
+    http: Option<FirmwareServer>,
 }
 
 /// One MQTT carrier's connection and egress, before its ingress starts.
@@ -95,6 +99,8 @@ impl Service {
             system_id: settings.system.id.clone(),
         };
         let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
+        let journal = Arc::new(journal);
+        let http = FirmwareServer::start(&settings.http, &confinement, journal.clone(), &state)?;
         let mut inboxes = Vec::new();
         for link in &links {
             let (inbox_dir, _) = link.plan.spool_dirs(&state);
@@ -105,7 +111,7 @@ impl Service {
             writer,
             egress: fanout,
             status: status.clone(),
-            journal: Arc::new(journal),
+            journal,
             confinement,
         };
         let carriers = start_s3_carriers(&plan, &wiring, pending)?;
@@ -125,11 +131,16 @@ impl Service {
         Ok(Self {
             clients,
             _ingress: ingress,
+            http,
         })
     }
 
-    /// Leaves the brokers, giving in-flight acknowledgements a moment.
+    /// Stops the firmware server (downloads in flight get a few seconds),
+    /// then leaves the brokers, giving in-flight acknowledgements a moment.
     pub async fn shutdown(self) {
+        if let Some(http) = self.http {
+            http.stop().await;
+        }
         let leaving = self.clients.iter().filter(|c| c.is_connected()).map(|c| {
             let done = c.disconnect(None);
             async move {

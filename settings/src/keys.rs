@@ -12,8 +12,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use crate::load::{ENV_PREFIX, Env};
 use crate::merged::{ENTRIES, Merged, env_key};
 use crate::{
-    Address, Firmware, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier, SettingsError as E,
-    System, Task,
+    Address, Firmware, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier,
+    SettingsError as E, System, Task,
 };
 
 /// The top-level sections, in the order of `settings/default.toml`.
@@ -22,6 +22,7 @@ const SECTIONS: &[&str] = &[
     "firmware",
     "pipeline",
     "jobs",
+    "http",
     "messages",
     "carriers",
     "addresses",
@@ -129,6 +130,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "firmware" => fields::<Firmware>(),
         "pipeline" => fields::<Pipeline>(),
         "jobs" => fields::<Jobs>(),
+        "http" => fields::<Http>(),
         _ => &[],
     }
 }

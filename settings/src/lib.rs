@@ -13,10 +13,12 @@
 //! Modules: [`secret`] keeps credentials out of logs and prints, `load`
 //! stacks the layers, `keys` refuses unknown sections and keys, `merged`
 //! types the stacked tree with errors that name the full key, `validate`
-//! checks the values, [`scarecro`] reads a SCARECRO gateway's configuration
-//! folder into a layer of its own.
+//! checks the values, [`Http`] is the firmware server's `[http]`,
+//! [`scarecro`] reads a SCARECRO gateway's configuration folder into a layer
+//! of its own.
 
 mod aws_env;
+mod http;
 mod keys;
 mod load;
 mod merged;
@@ -33,6 +35,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use http::{Http, PointerUrl};
 pub use load::{ENV_PREFIX, ENV_SETTINGS_FILE, Env, load, load_with_env};
 pub use scarecro::{Loaded, ScarecroError, TopicRoute, load_all, load_all_with_env};
 pub use secret::Secret;
@@ -75,6 +78,7 @@ pub struct Settings {
     pub firmware: Firmware,
     pub pipeline: Pipeline,
     pub jobs: Jobs,
+    pub http: Http,
     pub messages: BTreeMap<String, MessageSpec>,
     pub carriers: BTreeMap<String, Carrier>,
     pub addresses: BTreeMap<String, Address>,

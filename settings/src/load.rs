@@ -75,6 +75,7 @@ pub(crate) fn load_layers(
         firmware: merged.section::<Firmware>("firmware")?,
         pipeline: merged.section::<Pipeline>("pipeline")?,
         jobs: merged.section("jobs")?,
+        http: merged.section("http")?,
         messages: merged.section("messages")?,
         carriers: BTreeMap::new(),
         addresses: merged.section("addresses")?,
@@ -123,6 +124,7 @@ fn ours(env: &Env) -> Environment {
         .with_list_parse_key("firmware.allowed_roots")
         .with_list_parse_key("firmware.public_keys")
         .with_list_parse_key("firmware.public_key_files")
+        .with_list_parse_key("http.listen")
         .try_parsing(true)
         .source(Some(ours))
 }

@@ -18,6 +18,7 @@ impl Settings {
         self.validate_pipeline()?;
         self.validate_jobs()?;
         self.validate_firmware()?;
+        self.http.validate()?;
         self.validate_messages()?;
         for (name, c) in &self.carriers {
             self.validate_carrier(name, c)?;

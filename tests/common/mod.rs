@@ -189,6 +189,9 @@ impl Gateway {
                 cmd.env_remove(k);
             }
         }
+        // Each gateway's firmware server on a port of its own; a test that
+        // fetches from it reads the port from the log (`Gateway::http_addr`).
+        cmd.env("GATOR_OTA__HTTP__LISTEN", "127.0.0.1:0");
         cmd.envs(env);
         let mut child = cmd.spawn().expect("start gator-ota");
         let log = Arc::new(Mutex::new(String::new()));
@@ -209,6 +212,21 @@ impl Gateway {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The firmware server's address, from its "listening" log line.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.wait_log("firmware server listening");
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("firmware server listening"))
+            .unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"));
+        addr.parse().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
