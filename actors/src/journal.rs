@@ -210,10 +210,16 @@ impl Journal {
         self.write_index(&index).await
     }
 
+    /// Forgets the images at `paths`; the index is rewritten only when one
+    /// of them was in it (a new image's path usually is not).
     pub async fn forget_installed(&self, paths: &[PathBuf]) -> io::Result<()> {
         let mut index = self.index.lock().await;
+        let mut changed = false;
         for p in paths {
-            index.images.remove(p);
+            changed |= index.images.remove(p).is_some();
+        }
+        if !changed {
+            return Ok(());
         }
         self.write_index(&index).await
     }

@@ -19,6 +19,7 @@
 
 pub mod egress;
 pub mod firmware;
+pub mod hashes;
 pub mod ingress;
 pub mod job;
 pub mod journal;

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,11 +30,11 @@ use std::sync::{Arc, Mutex};
 use actix::{Actor, Context, Handler, Message, ResponseFuture, Supervised};
 use bytes::Bytes;
 use futures::StreamExt;
-use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::hashes::{Crc, Digests, Hashes, hash_file, hex};
 use crate::messages::{ByteStream, TransferError};
 use crate::paths::{ConfinedPath, DirHandle};
 
@@ -81,92 +81,6 @@ impl WriteError {
                     source,
                 }
             }
-        }
-    }
-}
-
-/// A CRC an S3 object may carry as its own checksum, computed while the
-/// image is staged only when the job asks for it (see [`Append::crc`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crc {
-    /// CRC-64/NVME: S3's default for new uploads.
-    Crc64Nvme,
-    /// CRC-32C (CRC-32/ISCSI).
-    Crc32c,
-}
-
-impl Crc {
-    fn digest(self) -> crc_fast::Digest {
-        crc_fast::Digest::new(match self {
-            Crc::Crc64Nvme => crc_fast::CrcAlgorithm::Crc64Nvme,
-            Crc::Crc32c => crc_fast::CrcAlgorithm::Crc32Iscsi,
-        })
-    }
-}
-
-impl std::fmt::Display for Crc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Crc::Crc64Nvme => "crc64nvme",
-            Crc::Crc32c => "crc32c",
-        })
-    }
-}
-
-/// Running digests over the bytes staged so far. The SHA-256 and MD5 always
-/// (the index of installed images keeps them); a CRC only when asked for,
-/// so an ordinary download pays nothing for it.
-#[derive(Clone, Default)]
-pub struct Hashes {
-    sha256: Sha256,
-    md5: Md5,
-    crc: Option<(Crc, crc_fast::Digest)>,
-}
-
-impl std::fmt::Debug for Hashes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hashes")
-    }
-}
-
-/// What [`Hashes`] add up to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digests {
-    /// Lowercase hex.
-    pub sha256: String,
-    /// Lowercase hex.
-    pub md5: String,
-    /// The CRC asked for, if one was.
-    pub crc: Option<(Crc, u64)>,
-}
-
-impl Hashes {
-    /// Digests of no bytes yet, with `crc` computed too when given.
-    pub fn new(crc: Option<Crc>) -> Self {
-        Self {
-            crc: crc.map(|c| (c, c.digest())),
-            ..Self::default()
-        }
-    }
-
-    /// True when these digests include `crc` (or none is wanted).
-    fn computes(&self, crc: Option<Crc>) -> bool {
-        crc.is_none_or(|want| self.crc.is_some_and(|(have, _)| have == want))
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        self.sha256.update(bytes);
-        self.md5.update(bytes);
-        if let Some((_, digest)) = &mut self.crc {
-            digest.update(bytes);
-        }
-    }
-
-    pub fn finish(self) -> Digests {
-        Digests {
-            sha256: hex(&self.sha256.finalize()),
-            md5: hex(&self.md5.finalize()),
-            crc: self.crc.map(|(c, digest)| (c, digest.finalize())),
         }
     }
 }
@@ -367,15 +281,17 @@ fn append_blocking(
             source: TransferError::Stopped,
         });
     }
-    let mut hashes = match hashes {
+    let hashes = match hashes {
         Some(h) => h,
-        None => rehash(&mut file, offset, crc).map_err(WriteError::io(&path))?,
+        None => hash_file(&mut file, offset, crc).map_err(WriteError::io(&path))?,
     };
     file.set_len(offset).map_err(WriteError::io(&path))?;
     file.seek(SeekFrom::Start(offset))
         .map_err(WriteError::io(&path))?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut written = offset;
+    // As many chunks behind as the channel holds ahead: `write_chunks` bounds both.
+    let mut hashing = hashes.pipeline(rx.max_capacity());
     let complete = loop {
         match rx.blocking_recv() {
             Some(Chunk::Data(b)) => {
@@ -383,13 +299,14 @@ fn append_blocking(
                 if written > total {
                     return Err(WriteError::TooLong { expected: total });
                 }
+                hashing.update(&b);
                 out.write_all(&b).map_err(WriteError::io(&path))?;
-                hashes.update(&b);
             }
             Some(Chunk::End) => break true,
             None => break false,
         }
     };
+    let hashes = hashing.finish();
     // Synced on every exit, so what a later attempt resumes from is on disk.
     let file = out
         .into_inner()
@@ -534,7 +451,7 @@ pub fn hash_installed(image: &ConfinedPath) -> io::Result<(u64, String, String)>
     let dir = image.open_parent(false)?;
     let mut file = open_regular(&dir, image.file_name())?;
     let len = file.metadata()?.len();
-    let Digests { sha256, md5, .. } = rehash(&mut file, len, None)?.finish();
+    let Digests { sha256, md5, .. } = hash_file(&mut file, len, None)?.finish();
     Ok((len, sha256, md5))
 }
 
@@ -553,21 +470,6 @@ fn open_regular(dir: &DirHandle, name: &OsStr) -> io::Result<File> {
         ));
     }
     Ok(file)
-}
-
-fn rehash(file: &mut File, len: u64, crc: Option<Crc>) -> io::Result<Hashes> {
-    let mut hashes = Hashes::new(crc);
-    file.seek(SeekFrom::Start(0))?;
-    let mut reader = file.take(len);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hashes.update(&buf[..n]);
-    }
-    Ok(hashes)
 }
 
 fn commit_blocking(msg: Commit, staged: &Staged) -> Result<(), WriteError> {
@@ -690,16 +592,6 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 pub fn free_space(dir: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(dir)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

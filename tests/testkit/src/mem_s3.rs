@@ -125,7 +125,10 @@ impl MemoryStore {
     fn get(&self, bucket: &str, key: &str) -> S3Result<Object> {
         let buckets = self.buckets.read().unwrap_or_else(|e| e.into_inner());
         let objects = buckets.get(bucket).ok_or_else(|| s3_error!(NoSuchBucket))?;
-        objects.get(key).cloned().ok_or_else(|| s3_error!(NoSuchKey))
+        objects
+            .get(key)
+            .cloned()
+            .ok_or_else(|| s3_error!(NoSuchKey))
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, HashMap<String, Object>>> {
@@ -201,7 +204,10 @@ impl S3 for MemoryS3 {
                 let r = range.check(full)?;
                 let range = format!("bytes {}-{}/{full}", r.start, r.end - 1);
                 // In range of a usize: `check` bounds both ends by the length.
-                (object.data.slice(r.start as usize..r.end as usize), Some(range))
+                (
+                    object.data.slice(r.start as usize..r.end as usize),
+                    Some(range),
+                )
             }
         };
         Ok(S3Response::new(GetObjectOutput {

@@ -485,12 +485,17 @@ async fn memory_server_serves_get_head_range_and_put() {
     assert_eq!(got.bytes().await.unwrap(), data);
 
     let meta = s3.head(&path).await.unwrap();
-    assert_eq!((meta.size, meta.e_tag.as_deref()), (data.len() as u64, Some(md5.as_str())));
+    assert_eq!(
+        (meta.size, meta.e_tag.as_deref()),
+        (data.len() as u64, Some(md5.as_str()))
+    );
 
     let start = BODY_CHUNK as u64 - 3;
     let range = s3.get_range(&path, start..start + 10).await.unwrap();
     assert_eq!(&range[..], &data[start as usize..start as usize + 10]);
-    let past = s3.get_range(&path, data.len() as u64 + 1..data.len() as u64 + 5).await;
+    let past = s3
+        .get_range(&path, data.len() as u64 + 1..data.len() as u64 + 5)
+        .await;
     assert!(past.is_err(), "a range past the end is refused: {past:?}");
 
     s3.put(&ObjectPath::from("up.bin"), b"uploaded".to_vec().into())
@@ -499,7 +504,10 @@ async fn memory_server_serves_get_head_range_and_put() {
     let up = s3.get(&ObjectPath::from("up.bin")).await.unwrap();
     assert_eq!(&up.bytes().await.unwrap()[..], b"uploaded");
     let missing = s3.get(&ObjectPath::from("nope.bin")).await.unwrap_err();
-    assert!(matches!(missing, object_store::Error::NotFound { .. }), "{missing}");
+    assert!(
+        matches!(missing, object_store::Error::NotFound { .. }),
+        "{missing}"
+    );
 }
 
 #[tokio::test]
@@ -507,7 +515,11 @@ async fn memory_server_refuses_a_wrong_signature() {
     let (endpoint, store, _stop) = memory_server().await;
     store.put("firmware", "fw.bin", b"secret firmware".to_vec().into());
     let s3 = client_at(&endpoint, "firmware", "not-the-secret-key");
-    let err = s3.get(&ObjectPath::from("fw.bin")).await.unwrap_err().to_string();
+    let err = s3
+        .get(&ObjectPath::from("fw.bin"))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("403") || err.contains("SignatureDoesNotMatch"),
         "unexpected error: {err}"
