@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::hashes::{Crc, Digests, Hashes, hash_file, hex};
 use crate::messages::{ByteStream, TransferError};
@@ -108,6 +108,9 @@ pub struct Append {
     pub body: ByteStream,
     /// The object's full length: more is an error.
     pub total: u64,
+    /// The job's span: the writer's log lines, and the progress lines of
+    /// the body it polls, carry the job's `msg_id`.
+    pub span: Span,
 }
 
 /// Put the staged image (if any) at its destination, then the pointer.
@@ -117,12 +120,17 @@ pub struct Commit {
     pub image: Option<ConfinedPath>,
     pub pointer: ConfinedPath,
     pub pointer_contents: String,
+    /// The job's span, for the writer's log lines.
+    pub span: Span,
 }
 
-/// Remove files gator-ota made.
+/// Remove files gator-ota made, logging in the job's span.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub enum Remove {
+pub struct Remove(pub Removal, pub Span);
+
+/// What [`Remove`] removes.
+pub enum Removal {
     /// The staging file of a job that failed: removed through the folder
     /// handle it was created in, wherever that folder's name now leads.
     Staging(ConfinedPath),
@@ -176,10 +184,13 @@ impl Handler<Append> for FsWriter {
             crc,
             mut body,
             total,
+            span,
         } = msg;
         let hashes = hashes.filter(|h| h.computes(crc));
-        Box::pin(async move {
+        let in_job = span.clone();
+        let streaming = async move {
             let disk = tokio::task::spawn_blocking(move || {
+                let _in_job = in_job.enter();
                 append_blocking(&image, offset, hashes, crc, total, rx, &staged)
             });
             let mut failure = None;
@@ -211,7 +222,8 @@ impl Handler<Append> for FsWriter {
                 }
                 (_, result) => result,
             }
-        })
+        };
+        Box::pin(streaming.instrument(span))
     }
 }
 
@@ -221,9 +233,13 @@ impl Handler<Commit> for FsWriter {
     fn handle(&mut self, msg: Commit, _: &mut Context<Self>) -> Self::Result {
         let staged = self.staged.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || commit_blocking(msg, &staged))
-                .await
-                .unwrap_or(Err(WriteError::Interrupted))
+            tokio::task::spawn_blocking(move || {
+                let span = msg.span.clone();
+                let _in_job = span.enter();
+                commit_blocking(msg, &staged)
+            })
+            .await
+            .unwrap_or(Err(WriteError::Interrupted))
         })
     }
 }
@@ -234,9 +250,13 @@ impl Handler<Remove> for FsWriter {
     fn handle(&mut self, msg: Remove, _: &mut Context<Self>) -> Self::Result {
         let staged = self.staged.clone();
         Box::pin(async move {
-            let _ = tokio::task::spawn_blocking(move || match msg {
-                Remove::Staging(image) => remove_staging(&image, &staged),
-                Remove::Images(paths) => paths.iter().for_each(|p| remove_image(p)),
+            let Remove(what, span) = msg;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _in_job = span.enter();
+                match what {
+                    Removal::Staging(image) => remove_staging(&image, &staged),
+                    Removal::Images(paths) => paths.iter().for_each(|p| remove_image(p)),
+                }
             })
             .await;
         })
@@ -626,6 +646,7 @@ mod tests {
                     Ok(Bytes::from_static(b"world")),
                 ]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -643,6 +664,7 @@ mod tests {
             image: Some(image.clone()),
             pointer: c.resolve("config_path", "latest.json").unwrap(),
             pointer_contents: "a".into(),
+            span: Span::none(),
         })
         .await
         .unwrap()
@@ -670,6 +692,7 @@ mod tests {
                     Err(TransferError::Idle(std::time::Duration::from_secs(1))),
                 ]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -687,6 +710,7 @@ mod tests {
                 crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -736,6 +760,7 @@ mod tests {
                     Err(TransferError::Stopped),
                 ]),
                 total: CHECK.len() as u64,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -760,6 +785,7 @@ mod tests {
             crc,
             body: body(vec![Ok(Bytes::from_static(&CHECK[4..]))]),
             total: CHECK.len() as u64,
+            span: Span::none(),
         })
         .await
         .unwrap()
@@ -803,6 +829,7 @@ mod tests {
                 crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -826,6 +853,7 @@ mod tests {
                 crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"too long"))]),
                 total: 3,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -841,6 +869,7 @@ mod tests {
             crc: None,
             body: body(vec![Ok(Bytes::from_static(bytes))]),
             total: bytes.len() as u64,
+            span: Span::none(),
         })
         .await
         .unwrap()
@@ -852,6 +881,7 @@ mod tests {
             image: image.cloned(),
             pointer,
             pointer_contents: "a".into(),
+            span: Span::none(),
         }
     }
 
@@ -952,7 +982,9 @@ mod tests {
             1,
             "the staging file is still held"
         );
-        w.send(Remove::Staging(image)).await.unwrap();
+        w.send(Remove(Removal::Staging(image), Span::none()))
+            .await
+            .unwrap();
         assert_eq!(temporaries(c.home()), Vec::<PathBuf>::new());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
@@ -982,12 +1014,10 @@ mod tests {
         std::fs::write(outside.join("old.bin"), "not ours").unwrap();
         std::fs::write(c.home().join("old.bin"), "ours").unwrap();
         std::os::unix::fs::symlink(&outside, c.home().join("link")).unwrap();
-        w.send(Remove::Images(vec![
-            c.home().join("old.bin"),
-            c.home().join("link/old.bin"),
-        ]))
-        .await
-        .unwrap();
+        let old = vec![c.home().join("old.bin"), c.home().join("link/old.bin")];
+        w.send(Remove(Removal::Images(old), Span::none()))
+            .await
+            .unwrap();
         assert!(!c.home().join("old.bin").exists());
         assert!(outside.join("old.bin").exists());
     }

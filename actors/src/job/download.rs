@@ -554,6 +554,7 @@ impl<'a> Download<'a> {
             crc,
             body,
             total: size,
+            span: tracing::Span::current(),
         };
         let sent = self.runner.append.send(append).await;
         match sent {

@@ -49,7 +49,7 @@ use crate::messages::Publish;
 use crate::signature::Keyring;
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
-use crate::writer::{Append, Commit, Remove, WriteError, hash_installed};
+use crate::writer::{Append, Commit, Removal, Remove, WriteError, hash_installed};
 
 use download::Object;
 pub use locks::{Slot, Turn};
@@ -317,6 +317,7 @@ impl Runner {
             image: with_image.then(|| job.disk_path.clone()),
             pointer: job.config_path.clone(),
             pointer_contents: job.file_name.clone(),
+            span: tracing::Span::current(),
         };
         match self.commit.send(commit).await {
             Ok(Ok(())) => {
@@ -420,7 +421,10 @@ impl Runner {
     async fn discard(&self, job: &FirmwareJob) {
         let _ = self
             .remove
-            .send(Remove::Staging(job.disk_path.clone()))
+            .send(Remove(
+                Removal::Staging(job.disk_path.clone()),
+                tracing::Span::current(),
+            ))
             .await;
     }
 }
