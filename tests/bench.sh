@@ -3,12 +3,13 @@
 # figures side by side. It is a measurement, not a test: it fails (exit 1) on
 # a missed bar only with --strict.
 #
-#   bash tests/bench.sh [--strict] [--runs N] [--small-runs N] [--startup-runs N]
+#   bash tests/bench.sh [--strict] [--no-build] [--runs N] [--small-runs N] [--startup-runs N]
 #
 # What it does:
 #   1. installs its apt needs (mosquitto, mosquitto-clients, curl, and what the
 #      build needs, through deploy/install-deps.sh) and builds the release
-#      binaries `gator-ota` and the testkit's `s3-dev-server`;
+#      binaries `gator-ota` and the testkit's `s3-dev-server` (--no-build:
+#      use the ones already built);
 #   2. starts mosquitto and two S3 servers (SigV4 on) on free loopback ports
 #      over one folder holding a random 256 MiB and a random 1.5 MiB object:
 #      `s3-dev-server` (s3s-fs, which reads 4 KiB at a time) and
@@ -48,12 +49,14 @@ set -euo pipefail
 export LC_ALL=C
 
 strict=0
+build=1
 runs=5
 small_runs=21
 startup_runs=7
 while [ $# -gt 0 ]; do
   case "$1" in
     --strict) strict=1 ;;
+    --no-build) build=0 ;;
     --runs) runs=$2; shift ;;
     --small-runs) small_runs=$2; shift ;;
     --startup-runs) startup_runs=$2; shift ;;
@@ -87,9 +90,11 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
 fi
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-echo "building release binaries..."
-nice -n 10 cargo build --release --quiet -p gator-ota -p gator-ota-testkit \
-  --bin gator-ota --bin s3-dev-server
+if [ "$build" -eq 1 ]; then
+  echo "building release binaries..."
+  nice -n 10 cargo build --release --quiet -p gator-ota -p gator-ota-testkit \
+    --bin gator-ota --bin s3-dev-server
+fi
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 gator="$target_dir/release/gator-ota"
 s3server="$target_dir/release/s3-dev-server"

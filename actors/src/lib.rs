@@ -17,6 +17,7 @@
 //! [`scarecro_topics`] maps received topics to addresses the way SCARECRO does
 //! when the settings come from a SCARECRO folder.
 
+pub mod durable;
 pub mod egress;
 pub mod firmware;
 pub mod hashes;

@@ -583,37 +583,6 @@ impl Drop for TempFile<'_> {
     }
 }
 
-/// A synced temporary file in `dir` holding `bytes`, ready to be renamed.
-fn stage_bytes(dir: &Path, bytes: &[u8]) -> io::Result<tempfile::NamedTempFile> {
-    let mut staged = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    staged.write_all(bytes)?;
-    staged.as_file().sync_all()?;
-    Ok(staged)
-}
-
-/// Replaces `path` with `bytes` atomically and durably. Blocking; for small
-/// state files (the job journal).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    stage_bytes(dir, bytes)?
-        .persist(path)
-        .map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
-pub fn free_space(dir: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,13 +21,14 @@ use super::locks::Slot;
 use super::progress::meter;
 use super::verify::crc_to_compute;
 use super::{Failure, Runner, write_failure, writer_gone};
+use crate::durable::free_space_of;
 use crate::firmware::FirmwareJob;
 use crate::hashes::{Crc, Hashes};
 use crate::journal::{JobRecord, JobState};
 use crate::messages::{ByteStream, TransferError};
 use crate::s3_response::{ObjectFacts, RangeAnswer, range_answer};
 use crate::status::{Reason, State};
-use crate::writer::{Append, Appended, WriteError, free_space, staging_path};
+use crate::writer::{Append, Appended, WriteError, staging_path};
 
 /// The object as the bucket described it: its metadata, and what the
 /// response headers add.
@@ -608,17 +609,6 @@ impl<'a> Download<'a> {
 
 fn journal_failure(e: std::io::Error) -> Failure {
     Failure::new(Reason::Io, format!("cannot write the job journal: {e}"))
-}
-
-async fn free_space_of(dir: &std::path::Path) -> std::io::Result<u64> {
-    let mut probe = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        // The folder may not exist yet: ask for its nearest existing ancestor.
-        while !probe.exists() && probe.pop() {}
-        free_space(&probe)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// Exponential backoff with jitter in [50 %, 100 %] of the step, so many
