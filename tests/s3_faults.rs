@@ -115,7 +115,8 @@ fn a_get_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
 #[test]
 fn a_job_with_nothing_staged_asks_the_store_once() {
     let f = Faulty::new();
-    let sha = f.world.s3.put_random_object(BUCKET, KEY, 100_000, 12);
+    // Large enough to arrive in many chunks, so progress lines are logged.
+    let sha = f.world.s3.put_random_object(BUCKET, KEY, 3_000_000, 12);
     let gw = Gateway::start(f.env(3));
     let statuses = f.statuses();
 
@@ -123,7 +124,7 @@ fn a_job_with_nothing_staged_asks_the_store_once() {
     assert_installed(&seen);
     assert_eq!(sha256_file(&f.world.image("a")), sha);
     // The progress lines, polled by the writer, name the job.
-    gw.wait_line(&["msg_id=once", "percent=50"]);
+    gw.wait_line(&["msg_id=once", "DOWNLOADING", "percent="]);
     let asked: Vec<_> = f
         .front
         .seen()
