@@ -34,6 +34,7 @@ pub mod scarecro_topics;
 pub mod service;
 pub mod signature;
 pub mod spool;
+pub mod staging;
 pub mod status;
 pub mod time;
 pub mod writer;

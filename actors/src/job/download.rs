@@ -27,8 +27,9 @@ use crate::hashes::{Crc, Hashes};
 use crate::journal::{JobRecord, JobState};
 use crate::messages::{ByteStream, TransferError};
 use crate::s3_response::{ObjectFacts, RangeAnswer, range_answer};
+use crate::staging::staging_path;
 use crate::status::{Reason, State};
-use crate::writer::{Append, Appended, WriteError, staging_path};
+use crate::writer::{Append, Appended, WriteError};
 
 /// The object as the bucket described it: its metadata, and what the
 /// response headers add.

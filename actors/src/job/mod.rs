@@ -47,9 +47,10 @@ use crate::hashes::Digests;
 use crate::journal::{InstalledImage, JobRecord, JobState, Journal, PointerRecord};
 use crate::messages::Publish;
 use crate::signature::Keyring;
+use crate::staging::hash_installed;
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
-use crate::writer::{Append, Commit, Removal, Remove, WriteError, hash_installed};
+use crate::writer::{Append, Commit, Removal, Remove, WriteError};
 
 use download::Object;
 pub use locks::{Slot, Turn};
