@@ -1,32 +1,45 @@
 #!/usr/bin/env bash
-# Benchmarks gator-ota against the project's performance bar and prints the
-# figures. It is a measurement, not a test: it fails (exit 1) on a missed bar
-# only with --strict.
+# Benchmarks gator-ota against the project's performance bars and prints the
+# figures side by side. It is a measurement, not a test: it fails (exit 1) on
+# a missed bar only with --strict.
 #
-#   bash tests/bench.sh [--strict] [--runs N] [--startup-runs N] [--size-mib N]
+#   bash tests/bench.sh [--strict] [--no-build] [--runs N] [--small-runs N] [--startup-runs N]
 #
 # What it does:
 #   1. installs its apt needs (mosquitto, mosquitto-clients, curl, and what the
 #      build needs, through deploy/install-deps.sh) and builds the release
-#      binaries `gator-ota` and the testkit's `s3-dev-server` (s3s-fs, SigV4);
-#   2. starts mosquitto and s3-dev-server on free loopback ports, over a work
-#      folder (BENCH_DIR, default a new folder under $TMPDIR, which must be a
-#      real disk, not tmpfs, or the fsyncs cost nothing), and seeds a random
-#      object of --size-mib MiB (default 256) straight into the server's root,
-#      with the ETag sidecar s3s-fs writes itself (without it s3s-fs re-hashes
-#      the whole file on every GET);
-#   3. start-up: spawns `gator-ota run` --startup-runs times (default 7) and
+#      binaries `gator-ota` and the testkit's `s3-dev-server` (--no-build:
+#      use the ones already built);
+#   2. starts mosquitto and two S3 servers (SigV4 on) on free loopback ports
+#      over one folder holding a random 256 MiB and a random 1.5 MiB object:
+#      `s3-dev-server` (s3s-fs, which reads 4 KiB at a time) and
+#      `s3-dev-server --memory` (objects in memory, answered in 4 MiB
+#      chunks). The work folder (BENCH_DIR, default a new folder under
+#      $TMPDIR) must be on a real disk, not tmpfs, or the fsyncs cost nothing;
+#   3. the server: curl of the 256 MiB object into /dev/null from each server,
+#      --runs times alternating; the memory server must give curl at least 3x
+#      the rate of s3s-fs, or the figures below would measure the server. All
+#      later figures use the memory server;
+#   4. start-up: spawns `gator-ota run` --startup-runs times (default 7) and
 #      times spawn -> the "subscribed" log line;
-#   4. starts `gator-ota run` once more, reads its idle RSS (VmRSS), then
-#      downloads the object --runs times (default 5): publish a firmware_image,
-#      wait for the confirm_receipt; and as often with `curl` from the same
-#      server into a file followed by `sync FILE`. Both are timed the same
-#      way, around the whole command, and the medians are compared. The runs
-#      alternate (curl, gator-ota, curl, ...) so drift on a shared machine hits
-#      both alike. gator-ota's time includes its fixed costs per job (MQTT
-#      round trips, the pointer file, four fsyncs), which a small --size-mib
-#      makes visible. The peak RSS is gator-ota's VmHWM after its downloads;
-#   5. prints one line per run and a table: figure, value, bar, PASS/FAIL.
+#   5. starts `gator-ota run` once more and reads its idle RSS (VmRSS, 2 s
+#      after subscribing). One mosquitto_pub (-l, fed by a FIFO) and one
+#      mosquitto_sub (stamping each confirm_receipt with its arrival time,
+#      %U) run throughout, so gator-ota's time is publish -> confirm, with no
+#      client start-up in it;
+#   6. 256 MiB, --runs times (default 5) each, alternating: curl from the
+#      server into a file then `sync FILE` (fsync), timed around both
+#      commands, and gator-ota publish -> confirm. Rates are the medians.
+#      CPU: curl's and sync's user+system time (the shell's `time`), and
+#      gator-ota's from /proc/PID/stat around each job;
+#   7. 1.5 MiB (a real Data Gator image's size), --small-runs times (default
+#      21) each, alternating, the same two clients; medians compared;
+#   8. peak RSS: gator-ota's VmHWM after all of that; then the table of
+#      figures, bars and PASS/FAIL.
+#
+# Every run starts with one untimed warm-up of each client. gator-ota's times
+# include all its per-job costs: the journal, MQTT, the pointer file and
+# every fsync (image, folders, pointer).
 #
 # Settings under test are the embedded defaults; GATOR_OTA__* variables in the
 # caller's environment reach the service (e.g. GATOR_OTA__PIPELINE__WRITE_CHUNKS
@@ -36,15 +49,17 @@ set -euo pipefail
 export LC_ALL=C
 
 strict=0
+build=1
 runs=5
+small_runs=21
 startup_runs=7
-size_mib=256
 while [ $# -gt 0 ]; do
   case "$1" in
     --strict) strict=1 ;;
+    --no-build) build=0 ;;
     --runs) runs=$2; shift ;;
+    --small-runs) small_runs=$2; shift ;;
     --startup-runs) startup_runs=$2; shift ;;
-    --size-mib) size_mib=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -52,10 +67,14 @@ while [ $# -gt 0 ]; do
 done
 
 # The bars (README, "Performance").
-bar_rate_pct=90
-bar_peak_kib=$((32 * 1024))
+bar_server_x=3        # curl from the memory server / from s3s-fs, at least
+bar_rate_pct=95       # gator-ota 256 MiB rate / curl + fsync, at least
+bar_small_pct=110     # gator-ota 1.5 MiB publish -> confirm / curl + fsync, at most
+bar_cpu_pct=150       # gator-ota CPU per 256 MiB / curl's, at most
+bar_peak_kib=$((24 * 1024))
 bar_idle_kib=$((8 * 1024))
-bar_startup_ms=50
+big_bytes=$((256 * 1024 * 1024))
+small_bytes=$((3 * 512 * 1024))
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -71,9 +90,11 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto_sub >/de
 fi
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-echo "building release binaries..."
-nice -n 10 cargo build --release --quiet -p gator-ota -p gator-ota-testkit \
-  --bin gator-ota --bin s3-dev-server
+if [ "$build" -eq 1 ]; then
+  echo "building release binaries..."
+  nice -n 10 cargo build --release --quiet -p gator-ota -p gator-ota-testkit \
+    --bin gator-ota --bin s3-dev-server
+fi
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 gator="$target_dir/release/gator-ota"
 s3server="$target_dir/release/s3-dev-server"
@@ -90,7 +111,7 @@ bars_missed=0  # set when --strict exits 1: a verdict, not a breakdown
 TIMEFORMAT='%3U %3S'
 cleanup() {
   local status=$?
-  exec 7>&-
+  exec 7>&- 8>&- 9>&- 2>/dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ "$status" -ne 0 ] && [ "$bars_missed" -eq 0 ] && [ -d "$work" ]; then
@@ -112,6 +133,10 @@ kib_field() { awk -v k="$1:" '$1==k {print $2}' "/proc/$2/status"; }
 # User+system CPU time of a process so far, in ms.
 cpu_ms() { awk -v t="$(getconf CLK_TCK)" '{print int(($14+$15)*1000/t)}' "/proc/$1/stat"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k/1024}'; }
+# MiB/s for BYTES in MICROSECONDS.
+rate() { awk -v b="$1" -v d="$2" 'BEGIN {printf "%.1f", b/1048576/(d/1e6)}'; }
+ms() { awk -v d="$1" 'BEGIN {printf "%.1f", d/1000}'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.0f", 100*a/b}'; }
 
 # --- mosquitto ---------------------------------------------------------------
 mqtt_port=""
@@ -141,34 +166,71 @@ for _ in 1 2 3 4 5; do
 done
 [ -n "$mqtt_port" ] || die "mosquitto did not start; see $work/mosquitto.log"
 
-# --- S3 server and the object --------------------------------------------------
+# --- the objects and the two S3 servers -------------------------------------------
 bucket=firmware
-key="bench/image-${size_mib}m.bin"
+big_key="bench/image-256m.bin"
+small_key="bench/image-1.5m.bin"
 s3root="$work/s3"
 mkdir -p "$s3root/$bucket/bench"
-echo "creating the ${size_mib} MiB object..."
-head -c $((size_mib * 1024 * 1024)) /dev/urandom > "$s3root/$bucket/$key"
 b64url() { printf %s "$1" | base64 -w0 | tr '+/' '-_' | tr -d '='; }
-etag=$(md5sum "$s3root/$bucket/$key" | cut -d' ' -f1)
-printf '{"e_tag":"%s"}' "$etag" \
-  > "$s3root/.bucket-$(b64url "$bucket").object-$(b64url "$key").internal.json"
-source_sha=$(sha256sum "$s3root/$bucket/$key" | cut -d' ' -f1)
+# A random object, with the ETag sidecar s3s-fs writes itself (without it
+# s3s-fs re-hashes the whole file on every GET).
+seed_object() {
+  head -c "$2" /dev/urandom > "$s3root/$bucket/$1"
+  printf '{"e_tag":"%s"}' "$(md5sum "$s3root/$bucket/$1" | cut -d' ' -f1)" \
+    > "$s3root/.bucket-$(b64url "$bucket").object-$(b64url "$1").internal.json"
+}
+echo "creating the 256 MiB and 1.5 MiB objects..."
+seed_object "$big_key" "$big_bytes"
+seed_object "$small_key" "$small_bytes"
+big_sha=$(sha256sum "$s3root/$bucket/$big_key" | cut -d' ' -f1)
+small_sha=$(sha256sum "$s3root/$bucket/$small_key" | cut -d' ' -f1)
 sync
 
-"$s3server" --root "$s3root" --port 0 > "$work/s3.out" 2> "$work/s3.log" &
-pids+=($!)
-s3pid=$!
-s3_port=""
-for _ in $(seq 200); do
-  s3_port=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$work/s3.out")
-  [ -n "$s3_port" ] && break
-  kill -0 "$s3pid" 2>/dev/null || break
-  sleep 0.05
-done
-[ -n "$s3_port" ] || die "s3-dev-server did not start; see $work/s3.log"
-endpoint="http://127.0.0.1:$s3_port"
+# Starts s3-dev-server with ARGS and prints its port.
+start_s3() {
+  local name=$1 port="" pid
+  shift
+  "$s3server" --root "$s3root" --port 0 "$@" > "$work/$name.out" 2> "$work/$name.log" &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 400); do
+    port=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$work/$name.out")
+    [ -n "$port" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  [ -n "$port" ] || die "s3-dev-server $* did not start; see $work/$name.log"
+  echo "$port"
+}
+fs_endpoint="http://127.0.0.1:$(start_s3 s3fs)"
+endpoint="http://127.0.0.1:$(start_s3 s3mem --memory)"
 access_key=gator-test-access
 secret_key=gator-test-secret-key-0123456789
+
+# curl GET of KEY from ENDPOINT into OUT. curl before 8.x does not send
+# x-amz-content-sha256 itself, and s3s requires it.
+curl_get() {
+  curl -sS --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access_key:$secret_key" \
+    -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$3" "$1/$bucket/$2"
+}
+
+# --- the server: curl from s3s-fs and from memory -------------------------------
+echo "server: curl of 256 MiB into /dev/null from s3s-fs and from memory, $runs runs each..."
+fs_rates=()
+mem_rates=()
+for i in $(seq 0 "$runs"); do
+  t0=$(now_us); curl_get "$fs_endpoint" "$big_key" /dev/null; t1=$(now_us)
+  f=$(rate "$big_bytes" $((t1 - t0)))
+  t0=$(now_us); curl_get "$endpoint" "$big_key" /dev/null; t1=$(now_us)
+  m=$(rate "$big_bytes" $((t1 - t0)))
+  [ "$i" -eq 0 ] && continue
+  printf '  run %d: s3s-fs %7s MiB/s | memory %7s MiB/s\n' "$i" "$f" "$m"
+  fs_rates+=("$f")
+  mem_rates+=("$m")
+done
+fs_med=$(printf '%s\n' "${fs_rates[@]}" | median)
+mem_med=$(printf '%s\n' "${mem_rates[@]}" | median)
 
 # --- the gateway's settings ------------------------------------------------------
 data_dir="$work/data"
@@ -186,9 +248,6 @@ export GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__REGION=us-east-1
 export GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ACCESS_KEY_ID="$access_key"
 export GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__SECRET_ACCESS_KEY="$secret_key"
 export GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__TIMEOUT=300s
-if [ "$size_mib" -gt 256 ]; then  # above the default firmware.max_image_bytes
-  export GATOR_OTA__FIRMWARE__MAX_IMAGE_BYTES=$((size_mib * 1024 * 1024))
-fi
 
 # Drops a process that has ended from the clean-up list.
 forget() {
@@ -222,9 +281,8 @@ for i in $(seq "$startup_runs"); do
     case "$line" in *subscribed*) t1=$(now_us); break ;; esac
   done
   [ -n "$t1" ] || die "gator-ota did not subscribe within 10 s (run $i); see $work/startup.log"
-  ms=$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", d/1000}')
-  startup_ms+=("$ms")
-  printf '  run %d: %s ms\n' "$i" "$ms"
+  startup_ms+=("$(ms $((t1 - t0)))")
+  printf '  run %d: %s ms\n' "$i" "${startup_ms[-1]}"
   stop_gator "$gpid"
   # Drain what it logged while stopping, so the next run starts clean.
   while IFS= read -r -t 0.2 -u 7 line; do echo "$line" >> "$work/startup.log"; done
@@ -243,83 +301,101 @@ done
 grep -q subscribed "$work/gator.log" || die "gator-ota did not subscribe; see $work/gator.log"
 sleep 2  # let start-up work settle: this is the idle figure
 idle_kib=$(kib_field VmRSS "$gpid")
-echo "idle: VmRSS $(mib "$idle_kib")"
+idle_threads=$(kib_field Threads "$gpid")
+echo "idle: VmRSS $(mib "$idle_kib"), $idle_threads threads"
 
-# A retained message on a side topic tells when a mosquitto_sub has
-# subscribed: it is delivered right after the SUBSCRIBE is acknowledged.
+# One publisher fed line by line through a FIFO, one subscriber that stamps
+# each confirm_receipt with its arrival time (%U, the same wall clock as
+# $EPOCHREALTIME) into another FIFO. A retained message on a side topic
+# tells when the subscriber has subscribed.
 ready_topic="bench/ready"
 mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -t "$ready_topic" -r -m ready
+mkfifo "$work/pub.fifo" "$work/sub.fifo"
+exec 9<> "$work/sub.fifo"
+mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -F '%U %t %p' \
+  -t "$ready_topic" -t "$confirm_topic" > "$work/sub.fifo" 2> "$work/sub.log" &
+pids+=($!)
+IFS= read -r -t 10 -u 9 line || die "mosquitto_sub did not subscribe; see $work/sub.log"
+exec 8<> "$work/pub.fifo"
+mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t "$receive_topic" -l \
+  < "$work/pub.fifo" 2> "$work/pub.log" &
+pids+=($!)
 
 image_dir="$data_dir/firmware_images"
-file_name="bench-image"
 curl_out="$work/curl.bin"
-curl_mibs=()
-gator_mibs=()
-# Each download once untimed first: warms the object into the page cache and
-# the binaries into memory for both clients alike.
-echo "downloads: $runs runs each of curl and gator-ota (plus one warm-up each)..."
-for i in $(seq 0 "$runs"); do
-  # curl: the same server, the same object, into a file, then fsync. curl
-  # before 8.x does not send x-amz-content-sha256 itself, and s3s requires it.
+job=0
+# Runs one gator-ota job for KEY as FILE_NAME; sets g_us (publish ->
+# confirm) and g_cpu (ms of gator-ota CPU).
+gator_job() {
+  local key=$1 name=$2 line stamp c0 t0
+  job=$((job + 1))
+  rm -f "$image_dir/$name.bin"
+  sync
+  c0=$(cpu_ms "$gpid")
+  t0=$(now_us)
+  printf '{"id":"bench-%d","time":"%s","file_name":"%s","cloud_path":"%s"}\n' \
+    "$job" "$(date -u +%FT%TZ)" "$name" "$key" >&8
+  IFS= read -r -t 600 -u 9 line || die "no confirm_receipt for job $job; see $work/gator.log"
+  case "$line" in *" $confirm_topic "*"\"$name\""*) ;; *) die "unexpected message: $line" ;; esac
+  stamp=${line%% *}
+  g_us=$(awk -v s="$stamp" -v t="$t0" 'BEGIN {printf "%d", s*1e6 - t}')
+  g_cpu=$(($(cpu_ms "$gpid") - c0))
+}
+# curl GET of KEY into a file, then fsync; sets c_us and c_cpu.
+curl_job() {
+  local t0 t1
   rm -f "$curl_out"
   sync
   t0=$(now_us)
-  # `time` (the keyword) reports the CPU curl and sync used, for comparison.
-  { time {
-    curl -sS --fail --aws-sigv4 "aws:amz:us-east-1:s3" --user "$access_key:$secret_key" \
-      -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -o "$curl_out" "$endpoint/$bucket/$key"
-    sync "$curl_out"
-  }; } 2> "$work/curl.log"
+  { time { curl_get "$endpoint" "$1" "$curl_out"; sync "$curl_out"; }; } 2> "$work/curl.log"
   t1=$(now_us)
+  c_us=$((t1 - t0))
   c_cpu=$(tail -n 1 "$work/curl.log" | awk '{printf "%d", ($1 + $2) * 1000}')
-  [ "$(stat -c %s "$curl_out")" -eq $((size_mib * 1024 * 1024)) ] || die "curl got a short file"
-  c_rate=$(awk -v s="$size_mib" -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", s/(d/1e6)}')
-  c_s=$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')
-  rm -f "$curl_out"
+  [ "$(stat -c %s "$curl_out")" -eq "$2" ] || die "curl got a short file"
+}
 
-  # gator-ota: publish a firmware_image, wait for its confirm_receipt.
-  rm -f "$image_dir/$file_name.bin"
-  sync
-  sub_out="$work/sub.$i"
-  mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -v -C 2 -W 600 \
-    -t "$ready_topic" -t "$confirm_topic" > "$sub_out" &
-  subpid=$!
-  pids+=("$subpid")
-  for _ in $(seq 500); do [ -s "$sub_out" ] && break; sleep 0.01; done
-  [ -s "$sub_out" ] || die "mosquitto_sub did not subscribe"
-  cpu0=$(cpu_ms "$gpid")
-  msg=$(printf '{"id":"bench-%d","time":"%s","file_name":"%s","cloud_path":"%s"}' \
-    "$i" "$(date -u +%FT%TZ)" "$file_name" "$key")
-  t0=$(now_us)
-  mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t "$receive_topic" -m "$msg"
-  wait "$subpid" || die "no confirm_receipt for run $i; see $work/gator.log"
-  t1=$(now_us)
-  forget "$subpid"
-  cpu1=$(cpu_ms "$gpid")
-  grep -q "^$confirm_topic .*\"$file_name\"" "$sub_out" || die "unexpected confirm_receipt: $(cat "$sub_out")"
-  g_rate=$(awk -v s="$size_mib" -v d=$((t1 - t0)) 'BEGIN {printf "%.1f", s/(d/1e6)}')
-  g_s=$(awk -v d=$((t1 - t0)) 'BEGIN {printf "%.2f", d/1e6}')
-
+echo "256 MiB: $runs runs each of curl + fsync and gator-ota (plus one warm-up each)..."
+curl_big=(); gator_big=(); curl_cpu=(); gator_cpu=()
+for i in $(seq 0 "$runs"); do
+  curl_job "$big_key" "$big_bytes"
+  gator_job "$big_key" bench-big
   label="run $i"
   [ "$i" -eq 0 ] && label="warm-up"
-  printf '  %-7s curl %5s s %6s MiB/s %5d ms CPU | gator-ota %5s s %6s MiB/s %5d ms CPU\n' \
-    "$label" "$c_s" "$c_rate" "$c_cpu" "$g_s" "$g_rate" $((cpu1 - cpu0))
-  if [ "$i" -gt 0 ]; then
-    curl_mibs+=("$c_rate")
-    gator_mibs+=("$g_rate")
-  fi
+  printf '  %-7s curl %7s MiB/s %5d ms CPU | gator-ota %7s MiB/s %5d ms CPU\n' "$label" \
+    "$(rate "$big_bytes" "$c_us")" "$c_cpu" "$(rate "$big_bytes" "$g_us")" "$g_cpu"
+  [ "$i" -eq 0 ] && continue
+  curl_big+=("$(rate "$big_bytes" "$c_us")"); gator_big+=("$(rate "$big_bytes" "$g_us")")
+  curl_cpu+=("$c_cpu"); gator_cpu+=("$g_cpu")
 done
+[ "$(sha256sum "$image_dir/bench-big.bin" | cut -d' ' -f1)" = "$big_sha" ] \
+  || die "the installed 256 MiB image's sha256 differs from the object's"
+
+echo "1.5 MiB: $small_runs runs each of curl + fsync and gator-ota (plus one warm-up each)..."
+curl_small=(); gator_small=()
+for i in $(seq 0 "$small_runs"); do
+  curl_job "$small_key" "$small_bytes"
+  gator_job "$small_key" bench-small
+  [ "$i" -eq 0 ] && continue
+  curl_small+=("$(ms "$c_us")"); gator_small+=("$(ms "$g_us")")
+done
+echo "  curl + fsync ms: ${curl_small[*]}"
+echo "  gator-ota ms:    ${gator_small[*]}"
+[ "$(sha256sum "$image_dir/bench-small.bin" | cut -d' ' -f1)" = "$small_sha" ] \
+  || die "the installed 1.5 MiB image's sha256 differs from the object's"
 peak_kib=$(kib_field VmHWM "$gpid")
 after_kib=$(kib_field VmRSS "$gpid")
-installed_sha=$(sha256sum "$image_dir/$file_name.bin" | cut -d' ' -f1)
-[ "$installed_sha" = "$source_sha" ] || die "the installed image's sha256 differs from the object's"
 stop_gator "$gpid"
 
 # --- the table ------------------------------------------------------------------
-curl_med=$(printf '%s\n' "${curl_mibs[@]}" | median)
-gator_med=$(printf '%s\n' "${gator_mibs[@]}" | median)
-rate_pct=$(awk -v g="$gator_med" -v c="$curl_med" 'BEGIN {printf "%.0f", 100*g/c}')
-startup_med=$(printf '%s\n' "${startup_ms[@]}" | median)
+med() { printf '%s\n' "$@" | median; }
+curl_med=$(med "${curl_big[@]}"); gator_med=$(med "${gator_big[@]}")
+curl_cpu_med=$(med "${curl_cpu[@]}"); gator_cpu_med=$(med "${gator_cpu[@]}")
+curl_small_med=$(med "${curl_small[@]}"); gator_small_med=$(med "${gator_small[@]}")
+startup_med=$(med "${startup_ms[@]}")
+server_x=$(awk -v m="$mem_med" -v f="$fs_med" 'BEGIN {printf "%.1f", m/f}')
+rate_pct=$(pct "$gator_med" "$curl_med")
+small_pct=$(pct "$gator_small_med" "$curl_small_med")
+cpu_pct=$(pct "$gator_cpu_med" "$curl_cpu_med")
 
 failed=0
 # PASS or FAIL for an awk condition; a FAIL is remembered for --strict.
@@ -328,20 +404,28 @@ verdict() {
 }
 
 echo
-echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(uname -r), work folder on $(df -T "$work" | awk 'NR==2 {print $2}'); release build; $(date -u +%F)"
-echo "gator-ota: installed image sha256 matches; RSS idle after the downloads $(mib "$after_kib")"
+echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(uname -r), work folder on $(df -T "$work" | awk 'NR==2 {print $2}'); release build; $(date -u +%F); load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "gator-ota: installed images' sha256 match; RSS idle after the downloads $(mib "$after_kib"); binary $(stat -c %s "$gator") bytes"
 echo
-fmt='%-42s %-36s %-10s %s\n'
+fmt='%-44s %-38s %-10s %s\n'
 printf "$fmt" figure value bar result
+verdict "$server_x >= $bar_server_x"
+printf "$fmt" "server: curl memory vs s3s-fs, 256 MiB" \
+  "${server_x}x ($mem_med vs $fs_med MiB/s)" ">= ${bar_server_x}x" "$result"
 verdict "$rate_pct >= $bar_rate_pct"
-printf "$fmt" "download ${size_mib} MiB vs curl (median of $runs)" \
+printf "$fmt" "256 MiB vs curl + fsync (median of $runs)" \
   "$rate_pct % ($gator_med vs $curl_med MiB/s)" ">= ${bar_rate_pct} %" "$result"
+verdict "$small_pct <= $bar_small_pct"
+printf "$fmt" "1.5 MiB publish->confirm vs curl + fsync" \
+  "$small_pct % ($gator_small_med vs $curl_small_med ms)" "<= ${bar_small_pct} %" "$result"
+verdict "$cpu_pct <= $bar_cpu_pct"
+printf "$fmt" "CPU per 256 MiB vs curl + sync (medians)" \
+  "$cpu_pct % ($gator_cpu_med vs $curl_cpu_med ms)" "<= ${bar_cpu_pct} %" "$result"
 verdict "$peak_kib <= $bar_peak_kib"
-printf "$fmt" "peak RSS while downloading (VmHWM)" "$(mib "$peak_kib")" "<= 32 MiB" "$result"
+printf "$fmt" "peak RSS (VmHWM)" "$(mib "$peak_kib")" "<= 24 MiB" "$result"
 verdict "$idle_kib <= $bar_idle_kib"
-printf "$fmt" "idle RSS, subscribed (VmRSS)" "$(mib "$idle_kib")" "<= 8 MiB" "$result"
-verdict "$startup_med <= $bar_startup_ms"
-printf "$fmt" "start-up to subscribed (median of $startup_runs)" "$startup_med ms" "<= ${bar_startup_ms} ms" "$result"
+printf "$fmt" "idle RSS, subscribed (VmRSS)" "$(mib "$idle_kib"), $idle_threads threads" "<= 8 MiB" "$result"
+printf "$fmt" "start-up to subscribed (median of $startup_runs)" "$startup_med ms" "-" "-"
 
 if [ "$failed" -ne 0 ] && [ "$strict" -eq 1 ]; then
   bars_missed=1

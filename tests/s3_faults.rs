@@ -87,47 +87,113 @@ fn assert_failed(seen: &[serde_json::Value], reason: &str) -> String {
     last["detail"].as_str().unwrap_or_default().to_string()
 }
 
-/// A HEAD or GET (`method`) whose answer is held twice: the job retries it
-/// and succeeds once the store answers.
-fn held_twice_then_answered(method: &str, fault: fn(&str, Action) -> Fault, seed: u64) {
+/// A GET whose answer is held twice: the job retries it and succeeds once
+/// the store answers.
+#[test]
+fn a_get_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
     let f = Faulty::new();
-    let sha = f.world.s3.put_random_object(BUCKET, KEY, 100_000, seed);
-    let held = f.front.add(fault(KEY, Action::DelayHeaders(HELD)).times(2));
+    let sha = f.world.s3.put_random_object(BUCKET, KEY, 100_000, 2);
+    let held = f
+        .front
+        .add(Fault::get(KEY, Action::DelayHeaders(HELD)).times(2));
     let gw = Gateway::start(f.env(5));
     let statuses = f.statuses();
 
-    let msg_id = format!("hung-{}", method.to_lowercase());
-    let (seen, took) = run(&f, &statuses, &firmware_image(&msg_id, "a", KEY));
+    let (seen, took) = run(&f, &statuses, &firmware_image("hung-get", "a", KEY));
     assert_installed(&seen);
     assert_eq!(sha256_file(&f.world.image("a")), sha);
     assert_eq!(held.hits(), 2);
-    let line = format!("the {method} got no answer within 1s");
-    assert_eq!(gw.count(&line), 2, "{}", gw.log());
+    assert_eq!(
+        gw.count("the GET got no answer within 1s"),
+        2,
+        "{}",
+        gw.log()
+    );
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
 
 #[test]
-fn a_head_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
-    held_twice_then_answered("HEAD", Fault::head, 1);
+fn a_job_with_nothing_staged_asks_the_store_once() {
+    let f = Faulty::new();
+    // Large enough to arrive in many chunks, so progress lines are logged.
+    let sha = f.world.s3.put_random_object(BUCKET, KEY, 3_000_000, 12);
+    let gw = Gateway::start(f.env(3));
+    let statuses = f.statuses();
+
+    let (seen, _) = run(&f, &statuses, &firmware_image("once", "a", KEY));
+    assert_installed(&seen);
+    assert_eq!(sha256_file(&f.world.image("a")), sha);
+    // The progress lines, polled by the writer, name the job.
+    gw.wait_line(&["msg_id=once", "DOWNLOADING", "percent="]);
+    let asked: Vec<_> = f
+        .front
+        .seen()
+        .into_iter()
+        .map(|s| (s.method, s.range))
+        .collect();
+    assert_eq!(asked, [("GET".to_string(), None)], "one plain GET, no HEAD");
+}
+
+/// The 300 kB object at KEY, whose job `msg_id` is cut after 100 kB (the
+/// first GET stalls) and whose gateway is then killed; returns the object's
+/// SHA-256. The next gateway resumes the job from the staged bytes, and asks
+/// the object's version with a HEAD first: the HEAD the tests below hold.
+fn cut_and_killed(f: &Faulty, msg_id: &str, seed: u64) -> [u8; 32] {
+    let sha = f.world.s3.put_random_object(BUCKET, KEY, 300_000, seed);
+    f.front.add(Fault::get(KEY, Action::StallAfter(100_000)));
+    let gw = Gateway::start(f.env(50));
+    f.world.publish_json(&firmware_image(msg_id, "a", KEY));
+    // The stalled attempt ended (idle timeout): its bytes are synced.
+    gw.wait_log("download attempt failed");
+    gw.kill();
+    f.front.clear();
+    sha
 }
 
 #[test]
-fn a_get_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
-    held_twice_then_answered("GET", Fault::get, 2);
+fn a_head_without_answer_is_retried_and_the_job_succeeds_once_it_answers() {
+    let f = Faulty::new();
+    let sha = cut_and_killed(&f, "hung-head", 1);
+    let held = f
+        .front
+        .add(Fault::head(KEY, Action::DelayHeaders(HELD)).times(2));
+    let statuses = f.statuses();
+    let gw = Gateway::start(f.env(5));
+
+    let seen = statuses_until_done(&statuses, "hung-head");
+    assert_installed(&seen);
+    assert_eq!(sha256_file(&f.world.image("a")), sha);
+    assert_eq!(held.hits(), 2);
+    assert_eq!(
+        gw.count("the HEAD got no answer within 1s"),
+        2,
+        "{}",
+        gw.log()
+    );
+    gw.wait_log("resuming with a ranged GET");
 }
 
 /// A HEAD or GET (`method`) that is never answered: the job fails with
 /// TIMEOUT after its attempts, far sooner than the store's `timeout`, with
-/// `detail` in its FAILED status.
+/// `detail` in its FAILED status. The HEAD is a resumed job's (see
+/// [`cut_and_killed`]).
 fn never_answered(method: &str, fault: fn(&str, Action) -> Fault, detail: &str) -> Duration {
     let f = Faulty::new();
-    f.world.s3.put_object(BUCKET, KEY, b"image");
-    f.front.add(fault(KEY, Action::DelayHeaders(HELD)));
-    let _gw = Gateway::start(f.env(3));
-    let statuses = f.statuses();
-
     let msg_id = format!("never-{}", method.to_lowercase());
-    let (seen, took) = run(&f, &statuses, &firmware_image(&msg_id, "a", KEY));
+    if method == "HEAD" {
+        cut_and_killed(&f, &msg_id, 9);
+    } else {
+        f.world.s3.put_object(BUCKET, KEY, b"image");
+    }
+    f.front.add(fault(KEY, Action::DelayHeaders(HELD)));
+    let statuses = f.statuses();
+    let started = Instant::now();
+    let _gw = Gateway::start(f.env(3));
+    if method != "HEAD" {
+        f.world.publish_json(&firmware_image(&msg_id, "a", KEY));
+    }
+    let seen = statuses_until_done(&statuses, &msg_id);
+    let took = started.elapsed();
     let got = assert_failed(&seen, "TIMEOUT");
     assert!(got.contains(detail), "{got}");
     // 3 × 1 s, plus two backoffs of at most 300 ms: nowhere near `timeout`.
@@ -170,7 +236,7 @@ fn hung_jobs_do_not_hold_back_a_job_for_another_file() {
     wait_until(
         DEADLINE,
         "both hung jobs to be waiting on the store",
-        || f.front.count("HEAD", "fw/hung1.bin") >= 1 && f.front.count("HEAD", "fw/hung2.bin") >= 1,
+        || f.front.count("GET", "fw/hung1.bin") >= 1 && f.front.count("GET", "fw/hung2.bin") >= 1,
     );
 
     let (seen, took) = run(&f, &statuses, &firmware_image("healthy", "a", KEY));
@@ -185,10 +251,10 @@ fn hung_jobs_do_not_hold_back_a_job_for_another_file() {
     );
     // The hung jobs are still trying: the healthy one did not wait them out.
     assert_eq!(gw.count("firmware job failed"), 0, "{}", gw.log());
-    assert!(f.front.count("HEAD", "fw/hung1.bin") < 30);
+    assert!(f.front.count("GET", "fw/hung1.bin") < 30);
 }
 
-/// `times` SlowDown answers to a HEAD or GET: retried with the job's
+/// `times` SlowDown answers to a GET: retried with the job's
 /// backoff, and the job succeeds. Returns the world and the gateway, still
 /// running, for further checks.
 fn slow_down_then_answered(
@@ -212,7 +278,16 @@ fn slow_down_then_answered(
 
 #[test]
 fn slow_down_on_the_first_two_heads_is_retried_and_the_job_succeeds() {
-    let (_world, gw) = slow_down_then_answered(Fault::head, 2, 4);
+    let f = Faulty::new();
+    let sha = cut_and_killed(&f, "slow-head", 4);
+    let slow = f.front.add(Fault::head(KEY, Action::SlowDown).times(2));
+    let statuses = f.statuses();
+    let gw = Gateway::start(f.env(5));
+
+    let seen = statuses_until_done(&statuses, "slow-head");
+    assert_installed(&seen);
+    assert_eq!(sha256_file(&f.world.image("a")), sha);
+    assert_eq!(slow.hits(), 2);
     gw.wait_log("download attempt failed");
 }
 
@@ -232,7 +307,7 @@ fn slow_down_on_every_request_fails_unreachable_after_the_attempts() {
     let (seen, took) = run(&f, &statuses, &firmware_image("slow-always", "a", KEY));
     let detail = assert_failed(&seen, "UNREACHABLE");
     assert!(detail.contains("gave up after 3 attempts"), "{detail}");
-    assert!(f.front.count("HEAD", KEY) >= 3, "{:?}", f.front.seen());
+    assert!(f.front.count("GET", KEY) >= 3, "{:?}", f.front.seen());
     assert!(took < Duration::from_secs(20), "took {took:?}");
     assert!(!f.world.image("a").exists());
 }

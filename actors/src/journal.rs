@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{error, warn};
 
-use crate::writer::write_atomic;
+use crate::durable::{sync_dir, write_atomic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -181,7 +181,7 @@ impl Journal {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            std::fs::File::open(&dir)?.sync_all()
+            sync_dir(&dir)
         })
         .await
     }
@@ -213,10 +213,16 @@ impl Journal {
         self.write_index(&index).await
     }
 
+    /// Forgets the images at `paths`; the index is rewritten only when one
+    /// of them was in it (a new image's path usually is not).
     pub async fn forget_installed(&self, paths: &[PathBuf]) -> io::Result<()> {
         let mut index = self.index.lock().await;
+        let mut changed = false;
         for p in paths {
-            index.images.remove(p);
+            changed |= index.images.remove(p).is_some();
+        }
+        if !changed {
+            return Ok(());
         }
         self.write_index(&index).await
     }

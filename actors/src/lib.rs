@@ -20,8 +20,10 @@
 //! [`scarecro_topics`] maps received topics to addresses the way SCARECRO does
 //! when the settings come from a SCARECRO folder.
 
+pub mod durable;
 pub mod egress;
 pub mod firmware;
+pub mod hashes;
 pub mod http;
 pub mod ingress;
 pub mod job;
@@ -37,6 +39,7 @@ pub mod scarecro_topics;
 pub mod service;
 pub mod signature;
 pub mod spool;
+pub mod staging;
 pub mod status;
 pub mod time;
 pub mod writer;

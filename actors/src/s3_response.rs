@@ -22,7 +22,7 @@ use object_store::client::{
 };
 use object_store::{ClientOptions, GetResult, HeaderMap};
 
-use crate::writer::Crc;
+use crate::hashes::Crc;
 
 /// Asked on every request: without it S3 sends no `x-amz-checksum-*`.
 /// Set as a default header, so it is signed with the request.

@@ -94,7 +94,7 @@ impl Spool {
             f.write_all(payload)?;
             f.sync_data()?;
             fs::rename(&tmp, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
+            crate::durable::sync_dir(&self.dir)
         };
         write().inspect_err(|_| {
             let _ = fs::remove_file(&tmp);

@@ -21,25 +21,21 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use bytes::Bytes;
 use futures::StreamExt;
-use md5::Md5;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
+use crate::hashes::{Crc, Hashes, hash_file};
 use crate::messages::{ByteStream, TransferError};
 use crate::paths::{ConfinedPath, DirHandle};
-
-/// Temporary and staging files start with this, so they are easy to spot.
-pub const TEMP_PREFIX: &str = ".gator-ota-";
+pub use crate::staging::TEMP_PREFIX;
+use crate::staging::{open_staging, staging_name, staging_path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -85,92 +81,6 @@ impl WriteError {
     }
 }
 
-/// A CRC an S3 object may carry as its own checksum, computed while the
-/// image is staged only when the job asks for it (see [`Append::crc`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crc {
-    /// CRC-64/NVME: S3's default for new uploads.
-    Crc64Nvme,
-    /// CRC-32C (CRC-32/ISCSI).
-    Crc32c,
-}
-
-impl Crc {
-    fn digest(self) -> crc_fast::Digest {
-        crc_fast::Digest::new(match self {
-            Crc::Crc64Nvme => crc_fast::CrcAlgorithm::Crc64Nvme,
-            Crc::Crc32c => crc_fast::CrcAlgorithm::Crc32Iscsi,
-        })
-    }
-}
-
-impl std::fmt::Display for Crc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Crc::Crc64Nvme => "crc64nvme",
-            Crc::Crc32c => "crc32c",
-        })
-    }
-}
-
-/// Running digests over the bytes staged so far. The SHA-256 and MD5 always
-/// (the index of installed images keeps them); a CRC only when asked for,
-/// so an ordinary download pays nothing for it.
-#[derive(Clone, Default)]
-pub struct Hashes {
-    sha256: Sha256,
-    md5: Md5,
-    crc: Option<(Crc, crc_fast::Digest)>,
-}
-
-impl std::fmt::Debug for Hashes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hashes")
-    }
-}
-
-/// What [`Hashes`] add up to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digests {
-    /// Lowercase hex.
-    pub sha256: String,
-    /// Lowercase hex.
-    pub md5: String,
-    /// The CRC asked for, if one was.
-    pub crc: Option<(Crc, u64)>,
-}
-
-impl Hashes {
-    /// Digests of no bytes yet, with `crc` computed too when given.
-    pub fn new(crc: Option<Crc>) -> Self {
-        Self {
-            crc: crc.map(|c| (c, c.digest())),
-            ..Self::default()
-        }
-    }
-
-    /// True when these digests include `crc` (or none is wanted).
-    fn computes(&self, crc: Option<Crc>) -> bool {
-        crc.is_none_or(|want| self.crc.is_some_and(|(have, _)| have == want))
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        self.sha256.update(bytes);
-        self.md5.update(bytes);
-        if let Some((_, digest)) = &mut self.crc {
-            digest.update(bytes);
-        }
-    }
-
-    pub fn finish(self) -> Digests {
-        Digests {
-            sha256: hex(&self.sha256.finalize()),
-            md5: hex(&self.md5.finalize()),
-            crc: self.crc.map(|(c, digest)| (c, digest.finalize())),
-        }
-    }
-}
-
 /// Progress of a staged image.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -194,6 +104,9 @@ pub struct Append {
     pub body: ByteStream,
     /// The object's full length: more is an error.
     pub total: u64,
+    /// The job's span: the writer's log lines, and the progress lines of
+    /// the body it polls, carry the job's `msg_id`.
+    pub span: Span,
 }
 
 /// Put the staged image (if any) at its destination, then the pointer.
@@ -203,12 +116,17 @@ pub struct Commit {
     pub image: Option<ConfinedPath>,
     pub pointer: ConfinedPath,
     pub pointer_contents: String,
+    /// The job's span, for the writer's log lines.
+    pub span: Span,
 }
 
-/// Remove files gator-ota made.
+/// Remove files gator-ota made, logging in the job's span.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub enum Remove {
+pub struct Remove(pub Removal, pub Span);
+
+/// What [`Remove`] removes.
+pub enum Removal {
     /// The staging file of a job that failed: removed through the folder
     /// handle it was created in, wherever that folder's name now leads.
     Staging(ConfinedPath),
@@ -260,10 +178,13 @@ impl Handler<Append> for FsWriter {
             crc,
             mut body,
             total,
+            span,
         } = msg;
         let hashes = hashes.filter(|h| h.computes(crc));
-        Box::pin(async move {
+        let in_job = span.clone();
+        let streaming = async move {
             let disk = tokio::task::spawn_blocking(move || {
+                let _in_job = in_job.enter();
                 append_blocking(&image, offset, hashes, crc, total, rx, &staged)
             });
             let mut failure = None;
@@ -295,7 +216,8 @@ impl Handler<Append> for FsWriter {
                 }
                 (_, result) => result,
             }
-        })
+        };
+        Box::pin(streaming.instrument(span))
     }
 }
 
@@ -305,9 +227,13 @@ impl Handler<Commit> for FsWriter {
     fn handle(&mut self, msg: Commit, _: &mut Context<Self>) -> Self::Result {
         let staged = self.staged.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || commit_blocking(msg, &staged))
-                .await
-                .unwrap_or(Err(WriteError::Interrupted))
+            tokio::task::spawn_blocking(move || {
+                let span = msg.span.clone();
+                let _in_job = span.enter();
+                commit_blocking(msg, &staged)
+            })
+            .await
+            .unwrap_or(Err(WriteError::Interrupted))
         })
     }
 }
@@ -318,24 +244,17 @@ impl Handler<Remove> for FsWriter {
     fn handle(&mut self, msg: Remove, _: &mut Context<Self>) -> Self::Result {
         let staged = self.staged.clone();
         Box::pin(async move {
-            let _ = tokio::task::spawn_blocking(move || match msg {
-                Remove::Staging(image) => remove_staging(&image, &staged),
-                Remove::Images(paths) => paths.iter().for_each(|p| remove_image(p)),
+            let Remove(what, span) = msg;
+            let _ = tokio::task::spawn_blocking(move || {
+                let _in_job = span.enter();
+                match what {
+                    Removal::Staging(image) => remove_staging(&image, &staged),
+                    Removal::Images(paths) => paths.iter().for_each(|p| remove_image(p)),
+                }
             })
             .await;
         })
     }
-}
-
-/// The staging file of `image`: in the same folder, so the final rename is
-/// atomic, and named after the destination, so a restarted job finds it.
-pub fn staging_path(image: &ConfinedPath) -> PathBuf {
-    image.full().with_file_name(staging_name(image))
-}
-
-fn staging_name(image: &ConfinedPath) -> OsString {
-    let digest = Sha256::digest(image.full().as_os_str().as_encoded_bytes());
-    format!("{TEMP_PREFIX}{}.part", &hex(&digest)[..16]).into()
 }
 
 /// `hashes`, when given, covers the first `offset` bytes and computes `crc`.
@@ -365,15 +284,17 @@ fn append_blocking(
             source: TransferError::Stopped,
         });
     }
-    let mut hashes = match hashes {
+    let hashes = match hashes {
         Some(h) => h,
-        None => rehash(&mut file, offset, crc).map_err(WriteError::io(&path))?,
+        None => hash_file(&mut file, offset, crc).map_err(WriteError::io(&path))?,
     };
     file.set_len(offset).map_err(WriteError::io(&path))?;
     file.seek(SeekFrom::Start(offset))
         .map_err(WriteError::io(&path))?;
     let mut out = BufWriter::with_capacity(256 * 1024, file);
     let mut written = offset;
+    // As many chunks behind as the channel holds ahead: `write_chunks` bounds both.
+    let mut hashing = hashes.pipeline(rx.max_capacity());
     let complete = loop {
         match rx.blocking_recv() {
             Some(Chunk::Data(b)) => {
@@ -381,13 +302,14 @@ fn append_blocking(
                 if written > total {
                     return Err(WriteError::TooLong { expected: total });
                 }
+                hashing.update(&b);
                 out.write_all(&b).map_err(WriteError::io(&path))?;
-                hashes.update(&b);
             }
             Some(Chunk::End) => break true,
             None => break false,
         }
     };
+    let hashes = hashing.finish();
     // Synced on every exit, so what a later attempt resumes from is on disk.
     let file = out
         .into_inner()
@@ -414,69 +336,6 @@ fn hold(staged: &Staged, image: &ConfinedPath, dir: &Arc<DirHandle>) {
     {
         remove_logged(&previous, &staging_name(image));
     }
-}
-
-/// Opens the staging file: created exclusively, or, when one is already
-/// there (a resume), used only if it is a plain file with one link, owned by
-/// us. Anything else at the name (a hard link to a file elsewhere, a file of
-/// another user, a link) is never written through: it is removed and a
-/// fresh file created.
-fn open_staging(dir: &DirHandle, name: &OsStr) -> io::Result<File> {
-    let shown = dir.path().join(name);
-    for _ in 0..3 {
-        match dir.create_new(name) {
-            Ok(file) => {
-                dir.sync()?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-        match dir.open_existing(name, true) {
-            Ok(file) => match untrusted(&file)? {
-                None => return Ok(file),
-                Some(why) => {
-                    warn!(path = %shown.display(), reason = %why, "refusing the staging file found at this name; removing it and starting the image afresh");
-                }
-            },
-            Err(e) if e.raw_os_error() == Some(ELOOP) => {
-                warn!(path = %shown.display(), "a symbolic link stands at the staging file's name; removing it");
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        }
-        dir.remove(name)?;
-    }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        format!(
-            "{}: another file keeps appearing at the staging file's name",
-            shown.display()
-        ),
-    ))
-}
-
-const ELOOP: i32 = rustix::io::Errno::LOOP.raw_os_error();
-
-/// Why an existing staging file must not be used, if it must not.
-fn untrusted(file: &File) -> io::Result<Option<String>> {
-    let meta = file.metadata()?;
-    let ours = rustix::process::geteuid().as_raw();
-    Ok(if !meta.file_type().is_file() {
-        Some("it is not a regular file".into())
-    } else if meta.nlink() > 1 {
-        Some(format!(
-            "it has {} links, so writing it would change a file by another name, maybe outside the allowed folders",
-            meta.nlink()
-        ))
-    } else if meta.uid() != ours {
-        Some(format!(
-            "it is owned by uid {}, not by gator-ota (uid {ours})",
-            meta.uid()
-        ))
-    } else {
-        None
-    })
 }
 
 fn remove_staging(image: &ConfinedPath, staged: &Staged) {
@@ -524,48 +383,6 @@ fn same_folder(a: &DirHandle, b: &DirHandle) -> bool {
 
 fn lock(staged: &Staged) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<DirHandle>>> {
     staged.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Size, sha256 and md5 of the image installed at `image`, read through a
-/// folder handle and without following a link. Blocking; streams the file.
-pub fn hash_installed(image: &ConfinedPath) -> io::Result<(u64, String, String)> {
-    let dir = image.open_parent(false)?;
-    let mut file = open_regular(&dir, image.file_name())?;
-    let len = file.metadata()?.len();
-    let Digests { sha256, md5, .. } = rehash(&mut file, len, None)?.finish();
-    Ok((len, sha256, md5))
-}
-
-/// The staged image, for reading (its signature is checked). Blocking.
-pub fn open_staged(image: &ConfinedPath) -> io::Result<File> {
-    let dir = image.open_parent(false)?;
-    open_regular(&dir, &staging_name(image))
-}
-
-fn open_regular(dir: &DirHandle, name: &OsStr) -> io::Result<File> {
-    let file = dir.open_existing(name, false)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", dir.path().join(name).display()),
-        ));
-    }
-    Ok(file)
-}
-
-fn rehash(file: &mut File, len: u64, crc: Option<Crc>) -> io::Result<Hashes> {
-    let mut hashes = Hashes::new(crc);
-    file.seek(SeekFrom::Start(0))?;
-    let mut reader = file.take(len);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hashes.update(&buf[..n]);
-    }
-    Ok(hashes)
 }
 
 fn commit_blocking(msg: Commit, staged: &Staged) -> Result<(), WriteError> {
@@ -659,53 +476,16 @@ impl Drop for TempFile<'_> {
     }
 }
 
-/// A synced temporary file in `dir` holding `bytes`, ready to be renamed.
-fn stage_bytes(dir: &Path, bytes: &[u8]) -> io::Result<tempfile::NamedTempFile> {
-    let mut staged = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    staged.write_all(bytes)?;
-    staged.as_file().sync_all()?;
-    Ok(staged)
-}
-
-/// Replaces `path` with `bytes` atomically and durably. Blocking; for small
-/// state files (the job journal).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    stage_bytes(dir, bytes)?
-        .persist(path)
-        .map_err(|e| e.error)?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
-pub fn free_space(dir: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hashes::{Digests, hex};
     use crate::paths::Confinement;
+    use crate::staging::hash_installed;
     use actix::Actor;
     use futures::stream;
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
 
     fn body(parts: Vec<Result<Bytes, TransferError>>) -> ByteStream {
         stream::iter(parts).boxed()
@@ -732,6 +512,7 @@ mod tests {
                     Ok(Bytes::from_static(b"world")),
                 ]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -749,6 +530,7 @@ mod tests {
             image: Some(image.clone()),
             pointer: c.resolve("config_path", "latest.json").unwrap(),
             pointer_contents: "a".into(),
+            span: Span::none(),
         })
         .await
         .unwrap()
@@ -776,6 +558,7 @@ mod tests {
                     Err(TransferError::Idle(std::time::Duration::from_secs(1))),
                 ]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -793,6 +576,7 @@ mod tests {
                 crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -842,6 +626,7 @@ mod tests {
                     Err(TransferError::Stopped),
                 ]),
                 total: CHECK.len() as u64,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -866,6 +651,7 @@ mod tests {
             crc,
             body: body(vec![Ok(Bytes::from_static(&CHECK[4..]))]),
             total: CHECK.len() as u64,
+            span: Span::none(),
         })
         .await
         .unwrap()
@@ -909,6 +695,7 @@ mod tests {
                 crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -932,6 +719,7 @@ mod tests {
                 crc: None,
                 body: body(vec![Ok(Bytes::from_static(b"too long"))]),
                 total: 3,
+                span: Span::none(),
             })
             .await
             .unwrap()
@@ -947,6 +735,7 @@ mod tests {
             crc: None,
             body: body(vec![Ok(Bytes::from_static(bytes))]),
             total: bytes.len() as u64,
+            span: Span::none(),
         })
         .await
         .unwrap()
@@ -958,6 +747,7 @@ mod tests {
             image: image.cloned(),
             pointer,
             pointer_contents: "a".into(),
+            span: Span::none(),
         }
     }
 
@@ -1058,7 +848,9 @@ mod tests {
             1,
             "the staging file is still held"
         );
-        w.send(Remove::Staging(image)).await.unwrap();
+        w.send(Remove(Removal::Staging(image), Span::none()))
+            .await
+            .unwrap();
         assert_eq!(temporaries(c.home()), Vec::<PathBuf>::new());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
@@ -1088,12 +880,10 @@ mod tests {
         std::fs::write(outside.join("old.bin"), "not ours").unwrap();
         std::fs::write(c.home().join("old.bin"), "ours").unwrap();
         std::os::unix::fs::symlink(&outside, c.home().join("link")).unwrap();
-        w.send(Remove::Images(vec![
-            c.home().join("old.bin"),
-            c.home().join("link/old.bin"),
-        ]))
-        .await
-        .unwrap();
+        let old = vec![c.home().join("old.bin"), c.home().join("link/old.bin")];
+        w.send(Remove(Removal::Images(old), Span::none()))
+            .await
+            .unwrap();
         assert!(!c.home().join("old.bin").exists());
         assert!(outside.join("old.bin").exists());
     }

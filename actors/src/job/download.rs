@@ -1,8 +1,10 @@
 //! Staging the object: a [`Download`] keeps what one attempt leaves for the
 //! next, [`Download::attempt`] makes one, and [`Runner::download`] retries.
 //!
-//! An attempt is a HEAD when the object's version is not known yet, then a
-//! GET from the staged bytes on, streamed to the writer. It ends
+//! A job's first attempt, with nothing staged, is one GET whose headers
+//! give the version. Any later attempt is a HEAD when the version is not
+//! known (any more), then a GET from the staged bytes on, streamed to the
+//! writer. It ends
 //! [`Attempt::Complete`], [`Attempt::Cut`] (try again after the backoff),
 //! [`Attempt::Changed`] (try again at once) or [`Attempt::Fatal`].
 
@@ -19,12 +21,15 @@ use super::locks::Slot;
 use super::progress::meter;
 use super::verify::crc_to_compute;
 use super::{Failure, Runner, write_failure, writer_gone};
+use crate::durable::free_space_of;
 use crate::firmware::FirmwareJob;
+use crate::hashes::{Crc, Hashes};
 use crate::journal::{JobRecord, JobState};
 use crate::messages::{ByteStream, TransferError};
 use crate::s3_response::{ObjectFacts, RangeAnswer, range_answer};
+use crate::staging::staging_path;
 use crate::status::{Reason, State};
-use crate::writer::{Append, Appended, Crc, Hashes, WriteError, free_space, staging_path};
+use crate::writer::{Append, Appended, WriteError};
 
 /// The object as the bucket described it: its metadata, and what the
 /// response headers add.
@@ -232,6 +237,9 @@ impl<'a> Download<'a> {
     }
 
     async fn stage(&mut self, attempt: u32) -> Tried<(Appended, Object)> {
+        if self.object.is_none() && self.rec.state != JobState::Downloading {
+            return self.stage_fresh().await;
+        }
         let mut object = self.version().await?;
         let size = object.meta.size;
         let from = self.start_of(size).await;
@@ -247,6 +255,55 @@ impl<'a> Download<'a> {
         if let Some(known) = &mut self.object {
             known.facts.merge(facts);
         }
+        self.stream(object, got, from).await
+    }
+
+    /// A job with nothing staged asks the store once: the GET's own headers
+    /// carry the size, ETag and checksums a HEAD would, and the version is
+    /// adopted from them before a byte of the body is read. Once a version
+    /// is adopted (and for a job resumed after a restart), attempts go
+    /// through [`Download::version`] and resume with ranges.
+    async fn stage_fresh(&mut self) -> Tried<(Appended, Object)> {
+        let got = self.get_whole().await?;
+        let object = Object {
+            facts: ObjectFacts::of(&got),
+            meta: got.meta.clone(),
+        };
+        self.admit(&object).await.map_err(Attempt::Fatal)?;
+        self.object = Some(object.clone());
+        self.restart();
+        // The journal records the version while the body streams, and the
+        // attempt ends only once it has: its fsyncs overlap the transfer. A
+        // stop before then finds the job as it was queued, and starts over.
+        let journal = self.runner.journal.clone();
+        let rec = self.rec.clone();
+        let saving = async move { journal.save(&rec).await };
+        let (saved, staged) = tokio::join!(saving, self.stream(object, got, 0));
+        saved.map_err(|e| Attempt::Fatal(journal_failure(e)))?;
+        staged
+    }
+
+    /// A plain GET of the whole object, within `header_timeout`.
+    async fn get_whole(&mut self) -> Tried<GetResult> {
+        let (runner, key) = (self.runner, self.key);
+        let wait = runner.policy.header_timeout;
+        let answer = tokio::time::timeout(wait, runner.store.get_opts(key, GetOptions::default()));
+        match answer.await {
+            Err(_) => Err(Miss::NoAnswer("GET", wait).attempt(&self.job.cloud_path)),
+            Ok(Ok(got)) => Ok(got),
+            Ok(Err(e)) => Err(Miss::Store(e).attempt(&self.job.cloud_path)),
+        }
+    }
+
+    /// Streams the body of `got`, the object's bytes from `from` on, into
+    /// the staging file.
+    async fn stream(
+        &mut self,
+        object: Object,
+        got: GetResult,
+        from: u64,
+    ) -> Tried<(Appended, Object)> {
+        let size = object.meta.size;
         // Decided before the body streams: a GET may add a checksum its HEAD
         // did not show.
         let crc = crc_to_compute(&self.job.expect, &object.facts);
@@ -319,9 +376,21 @@ impl<'a> Download<'a> {
         Attempt::Changed("the object kept changing".into())
     }
 
-    /// Takes `object` as the version to stage: checks its size against the
-    /// limits and the disk, and whether the staged bytes belong to it.
+    /// Takes `object` as the version to stage ([`Download::admit`]) and
+    /// journals it.
     async fn adopt(&mut self, object: &Object) -> Result<(), Failure> {
+        self.admit(object).await?;
+        self.runner
+            .journal
+            .save(self.rec)
+            .await
+            .map_err(journal_failure)
+    }
+
+    /// Checks `object`'s size against the limits and the disk, and whether
+    /// the staged bytes belong to it; then marks the job as downloading it
+    /// (journaled by the caller).
+    async fn admit(&mut self, object: &Object) -> Result<(), Failure> {
         let (runner, job) = (self.runner, self.job);
         let p = &runner.policy;
         let meta = &object.meta;
@@ -358,8 +427,7 @@ impl<'a> Download<'a> {
         self.check_space(meta.size).await?;
         self.rec.state = JobState::Downloading;
         self.rec.etag = meta.e_tag.clone();
-        let saved = self.runner.journal.save(self.rec).await;
-        saved.map_err(|e| Failure::new(Reason::Io, format!("cannot write the job journal: {e}")))
+        Ok(())
     }
 
     /// Room for `size` bytes and `jobs.reserve_bytes` beside `disk_path`.
@@ -488,6 +556,7 @@ impl<'a> Download<'a> {
             crc,
             body,
             total: size,
+            span: tracing::Span::current(),
         };
         let sent = self.runner.append.send(append).await;
         match sent {
@@ -539,15 +608,8 @@ impl<'a> Download<'a> {
     }
 }
 
-async fn free_space_of(dir: &std::path::Path) -> std::io::Result<u64> {
-    let mut probe = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        // The folder may not exist yet: ask for its nearest existing ancestor.
-        while !probe.exists() && probe.pop() {}
-        free_space(&probe)
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+fn journal_failure(e: std::io::Error) -> Failure {
+    Failure::new(Reason::Io, format!("cannot write the job journal: {e}"))
 }
 
 /// Exponential backoff with jitter in [50 %, 100 %] of the step, so many

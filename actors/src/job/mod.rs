@@ -2,9 +2,11 @@
 //!
 //! 1. If the same verified image is already installed at `disk_path`, only
 //!    the pointer is (re)written: a repeated message downloads nothing.
-//! 2. Otherwise the object is staged beside `disk_path`, resuming with a
-//!    ranged GET after a cut, with backoff between attempts, and starting
-//!    over if the object changed meanwhile. Every HEAD and GET is an attempt:
+//! 2. Otherwise the object is staged beside `disk_path`: one GET, whose
+//!    headers give the version, then, after a cut, a ranged GET (a HEAD
+//!    first when the version must be asked again), with backoff between
+//!    attempts, starting over if the object changed meanwhile. Every HEAD
+//!    and GET is an attempt:
 //!    each waits at most `header_timeout` for its answer, and what fails
 //!    (a timeout, a 5xx, a cut) is retried up to `jobs.attempts` times.
 //! 3. The staged bytes are verified: size, then the message's sha256/md5 and
@@ -41,12 +43,14 @@ use object_store::path::Path as ObjectPath;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::firmware::FirmwareJob;
+use crate::hashes::Digests;
 use crate::journal::{InstalledImage, JobRecord, JobState, Journal, PointerRecord};
 use crate::messages::Publish;
 use crate::signature::Keyring;
+use crate::staging::hash_installed;
 use crate::status::{Reason, State, StatusSink};
 use crate::time;
-use crate::writer::{Append, Commit, Digests, Remove, WriteError, hash_installed};
+use crate::writer::{Append, Commit, Removal, Remove, WriteError};
 
 use download::Object;
 pub use locks::{Slot, Turn};
@@ -159,12 +163,7 @@ impl Runner {
         async {
             if rec.state != JobState::Installed {
                 match self.install(&mut rec, &job, &mut slot).await {
-                    Ok(()) => {
-                        rec.state = JobState::Installed;
-                        if let Err(e) = self.journal.save(&rec).await {
-                            error!(error = %e, "cannot update the job journal");
-                        }
-                    }
+                    Ok(()) => {}
                     Err(f) => {
                         error!(reason = %f.reason, error = %f.detail, "firmware job failed; the previous image and pointer are unchanged and no confirm_receipt is sent");
                         // The only place a job drops its staged bytes: every
@@ -241,6 +240,7 @@ impl Runner {
         if self.already_installed(job, &key).await? {
             info!("this image is already installed; not downloading it again");
             self.commit(job, false).await?;
+            self.installed(rec).await;
             return Ok(());
         }
         let (staged, Object { meta, facts }) = self.download(rec, job, &key, slot).await?;
@@ -273,11 +273,24 @@ impl Runner {
             etag: meta.e_tag.clone(),
             seq: rec.seq,
         };
-        if let Err(e) = self.journal.record_installed(disk_path, image).await {
+        // Two files, so the two writes and their fsyncs overlap.
+        let (indexed, ()) = tokio::join!(
+            self.journal.record_installed(disk_path, image),
+            self.installed(rec)
+        );
+        if let Err(e) = indexed {
             warn!(error = %e, "cannot update the index of installed images");
         }
         self.prune(job).await;
         Ok(())
+    }
+
+    /// Journals the job as installed: from here a restart only confirms it.
+    async fn installed(&self, rec: &mut JobRecord) {
+        rec.state = JobState::Installed;
+        if let Err(e) = self.journal.save(rec).await {
+            error!(error = %e, "cannot update the job journal");
+        }
     }
 
     /// The object's key, once no other job gives the image or pointer path
@@ -306,6 +319,7 @@ impl Runner {
             image: with_image.then(|| job.disk_path.clone()),
             pointer: job.config_path.clone(),
             pointer_contents: job.file_name.clone(),
+            span: tracing::Span::current(),
         };
         match self.commit.send(commit).await {
             Ok(Ok(())) => {
@@ -409,7 +423,10 @@ impl Runner {
     async fn discard(&self, job: &FirmwareJob) {
         let _ = self
             .remove
-            .send(Remove::Staging(job.disk_path.clone()))
+            .send(Remove(
+                Removal::Staging(job.disk_path.clone()),
+                tracing::Span::current(),
+            ))
             .await;
     }
 }

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use tracing::warn;
+use tracing::{Span, warn};
 
 use super::Runner;
 use crate::firmware::FirmwareJob;
-use crate::writer::Remove;
+use crate::writer::{Removal, Remove};
 
 impl Runner {
     /// Keeps the newest `keep_images` images we installed in this folder;
@@ -37,7 +37,10 @@ impl Runner {
         if old.is_empty() {
             return;
         }
-        let _ = self.remove.send(Remove::Images(old.clone())).await;
+        let _ = self
+            .remove
+            .send(Remove(Removal::Images(old.clone()), Span::current()))
+            .await;
         if let Err(e) = self.journal.forget_installed(&old).await {
             warn!(error = %e, "cannot update the index of installed images");
         }

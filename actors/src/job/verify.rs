@@ -8,10 +8,11 @@ use tracing::info;
 use super::download::{Miss, fetch_failure};
 use super::{Failure, Runner};
 use crate::firmware::{Expected, FirmwareJob};
+use crate::hashes::{Crc, Digests};
 use crate::s3_response::{ObjectFacts, crc_base64, crc_header};
 use crate::signature::parse_signature;
+use crate::staging::open_staged;
 use crate::status::Reason;
-use crate::writer::{Crc, Digests, open_staged};
 
 impl Runner {
     /// With `require_signature`, the staged image must carry a signature

@@ -447,3 +447,81 @@ async fn front_faults_do_what_they_say() {
     assert_eq!(head.e_tag, got.meta.e_tag, "the same fake ETag each time");
     assert_eq!(head.e_tag.as_ref().map(|t| t.len()), Some(34), "md5-like");
 }
+
+/// The memory server on a free port of its own runtime, with its store.
+async fn memory_server() -> (String, MemoryStore, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let store = MemoryStore::new();
+    store.create_bucket("firmware");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = store.clone();
+    tokio::spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        serve_memory_s3(listener, served, ACCESS_KEY, SECRET_KEY, stopped)
+            .await
+            .unwrap();
+    });
+    (endpoint, store, stop)
+}
+
+#[tokio::test]
+async fn memory_server_serves_get_head_range_and_put() {
+    let (endpoint, store, _stop) = memory_server().await;
+    // Over two body chunks, so the chunking and its seams are exercised.
+    let data = pseudo_random_bytes(2 * BODY_CHUNK + 12_345, 7);
+    store.put("firmware", "dg/fw.bin", data.clone().into());
+    let s3 = client_at(&endpoint, "firmware", SECRET_KEY);
+    let path = ObjectPath::from("dg/fw.bin");
+
+    let got = s3.get(&path).await.unwrap();
+    let md5 = format!("\"{}\"", to_hex(&Md5::digest(&data)));
+    assert_eq!(got.meta.e_tag.as_deref(), Some(md5.as_str()));
+    assert_eq!(got.meta.size, data.len() as u64);
+    assert_eq!(got.bytes().await.unwrap(), data);
+
+    let meta = s3.head(&path).await.unwrap();
+    assert_eq!(
+        (meta.size, meta.e_tag.as_deref()),
+        (data.len() as u64, Some(md5.as_str()))
+    );
+
+    let start = BODY_CHUNK as u64 - 3;
+    let range = s3.get_range(&path, start..start + 10).await.unwrap();
+    assert_eq!(&range[..], &data[start as usize..start as usize + 10]);
+    let past = s3
+        .get_range(&path, data.len() as u64 + 1..data.len() as u64 + 5)
+        .await;
+    assert!(past.is_err(), "a range past the end is refused: {past:?}");
+
+    s3.put(&ObjectPath::from("up.bin"), b"uploaded".to_vec().into())
+        .await
+        .unwrap();
+    let up = s3.get(&ObjectPath::from("up.bin")).await.unwrap();
+    assert_eq!(&up.bytes().await.unwrap()[..], b"uploaded");
+    let missing = s3.get(&ObjectPath::from("nope.bin")).await.unwrap_err();
+    assert!(
+        matches!(missing, object_store::Error::NotFound { .. }),
+        "{missing}"
+    );
+}
+
+#[tokio::test]
+async fn memory_server_refuses_a_wrong_signature() {
+    let (endpoint, store, _stop) = memory_server().await;
+    store.put("firmware", "fw.bin", b"secret firmware".to_vec().into());
+    let s3 = client_at(&endpoint, "firmware", "not-the-secret-key");
+    let err = s3
+        .get(&ObjectPath::from("fw.bin"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("403") || err.contains("SignatureDoesNotMatch"),
+        "unexpected error: {err}"
+    );
+}

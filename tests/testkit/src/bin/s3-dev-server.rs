@@ -5,13 +5,18 @@
 //! auth), so numbers from benchmarks and behaviour in the demo match what the
 //! test suite verifies. Buckets are subdirectories of `--root`; files placed
 //! in them are served as objects.
+//!
+//! With `--memory` it loads those files into memory at start and serves them
+//! from there in large chunks instead (SigV4 still on): the benchmark's
+//! server, fast enough that a client downloading from it measures itself.
+//! Objects PUT to it then live in memory only.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gator_ota_testkit::{ACCESS_KEY, REGION, SECRET_KEY, serve_s3};
+use gator_ota_testkit::{ACCESS_KEY, MemoryStore, REGION, SECRET_KEY, serve_memory_s3, serve_s3};
 
 /// Serve a directory as an S3 endpoint on 127.0.0.1.
 #[derive(Debug, Parser)]
@@ -36,6 +41,11 @@ struct Args {
     /// Bucket to create under the root before serving (repeatable).
     #[arg(long = "bucket")]
     buckets: Vec<String>,
+
+    /// Serve from memory: load the root's objects at start, answer in
+    /// large chunks, keep PUTs in memory (nothing is written to the root).
+    #[arg(long)]
+    memory: bool,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +80,16 @@ async fn run(args: Args) -> std::io::Result<()> {
         std::fs::create_dir_all(args.root.join(bucket))?;
     }
 
+    // Loaded before the port is announced, so a script's first request
+    // finds every object.
+    let memory = if args.memory {
+        let store = MemoryStore::new();
+        let loaded = store.load_dir(&args.root)?;
+        eprintln!("s3-dev-server: {loaded} objects loaded into memory");
+        Some(store)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, args.port)).await?;
     let port = listener.local_addr()?.port();
     // Scripts wait for this exact line (and parse the port from it), so it
@@ -81,14 +101,25 @@ async fn run(args: Args) -> std::io::Result<()> {
         args.access_key
     );
 
-    serve_s3(
-        listener,
-        &args.root,
-        &args.access_key,
-        &args.secret_key,
-        shutdown_signal(),
-    )
-    .await
+    if let Some(store) = memory {
+        serve_memory_s3(
+            listener,
+            store,
+            &args.access_key,
+            &args.secret_key,
+            shutdown_signal(),
+        )
+        .await
+    } else {
+        serve_s3(
+            listener,
+            &args.root,
+            &args.access_key,
+            &args.secret_key,
+            shutdown_signal(),
+        )
+        .await
+    }
 }
 
 /// Resolves on SIGINT (interactive use) or SIGTERM (what scripts and

@@ -1,0 +1,220 @@
+//! Every digest gator-ota takes of an image: SHA-256 and MD5 always (the
+//! index of installed images keeps them), and S3's CRC-64/NVME or CRC-32C
+//! only when the object's own CRC is what vouches for it.
+//!
+//! Staging hashes each chunk as it is written. MD5 has no hardware help and
+//! costs more than SHA-256 with SHA-NI and the write together, so a
+//! [`Pipeline`] runs it on a thread of its own beside the writer: on two
+//! cores the three costs overlap instead of adding up.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+/// A CRC an S3 object may carry as its own checksum, computed while the
+/// image is staged only when the job asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crc {
+    /// CRC-64/NVME: S3's default for new uploads.
+    Crc64Nvme,
+    /// CRC-32C (CRC-32/ISCSI).
+    Crc32c,
+}
+
+impl Crc {
+    fn digest(self) -> crc_fast::Digest {
+        crc_fast::Digest::new(match self {
+            Crc::Crc64Nvme => crc_fast::CrcAlgorithm::Crc64Nvme,
+            Crc::Crc32c => crc_fast::CrcAlgorithm::Crc32Iscsi,
+        })
+    }
+}
+
+impl std::fmt::Display for Crc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Crc::Crc64Nvme => "crc64nvme",
+            Crc::Crc32c => "crc32c",
+        })
+    }
+}
+
+/// Running digests over the bytes staged so far. The SHA-256 and MD5 always;
+/// a CRC only when asked for, so an ordinary download pays nothing for it.
+#[derive(Clone, Default)]
+pub struct Hashes {
+    sha256: Sha256,
+    md5: Md5,
+    crc: Option<(Crc, crc_fast::Digest)>,
+}
+
+impl std::fmt::Debug for Hashes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hashes")
+    }
+}
+
+/// What [`Hashes`] add up to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// Lowercase hex.
+    pub sha256: String,
+    /// Lowercase hex.
+    pub md5: String,
+    /// The CRC asked for, if one was.
+    pub crc: Option<(Crc, u64)>,
+}
+
+impl Hashes {
+    /// Digests of no bytes yet, with `crc` computed too when given.
+    pub fn new(crc: Option<Crc>) -> Self {
+        Self {
+            crc: crc.map(|c| (c, c.digest())),
+            ..Self::default()
+        }
+    }
+
+    /// True when these digests include `crc` (or none is wanted).
+    pub(crate) fn computes(&self, crc: Option<Crc>) -> bool {
+        crc.is_none_or(|want| self.crc.is_some_and(|(have, _)| have == want))
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.md5.update(bytes);
+        self.update_but_md5(bytes);
+    }
+
+    fn update_but_md5(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        if let Some((_, digest)) = &mut self.crc {
+            digest.update(bytes);
+        }
+    }
+
+    pub fn finish(self) -> Digests {
+        Digests {
+            sha256: hex(&self.sha256.finalize()),
+            md5: hex(&self.md5.finalize()),
+            crc: self.crc.map(|(c, digest)| (c, digest.finalize())),
+        }
+    }
+
+    /// Continues these digests with MD5 on a thread of its own, at most
+    /// `depth` chunks behind the caller. Without a thread (none could be
+    /// started) everything is hashed on the caller's.
+    pub(crate) fn pipeline(self, depth: usize) -> Pipeline {
+        // A copy: if no thread starts, `self` still has its MD5.
+        let md5 = self.md5.clone();
+        let (tx, rx) = sync_channel::<Bytes>(depth.max(1));
+        let spawned = std::thread::Builder::new()
+            .name("gator-ota-md5".into())
+            // MD5's state and a loop: far below the 2 MiB default.
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut md5 = md5;
+                for chunk in rx {
+                    md5.update(&chunk);
+                }
+                md5
+            });
+        Pipeline {
+            hashes: self,
+            md5: spawned.ok().map(|thread| (tx, thread)),
+        }
+    }
+}
+
+/// [`Hashes`] being fed chunk by chunk, MD5 on its own thread.
+pub(crate) struct Pipeline {
+    /// SHA-256 and the CRC; MD5 too when `md5` is `None`.
+    hashes: Hashes,
+    md5: Option<(SyncSender<Bytes>, JoinHandle<Md5>)>,
+}
+
+impl Pipeline {
+    /// Hashes `chunk`: SHA-256 and the CRC here, MD5 on its thread (the
+    /// chunk is shared, not copied).
+    pub(crate) fn update(&mut self, chunk: &Bytes) {
+        match &self.md5 {
+            Some((tx, _)) if tx.send(chunk.clone()).is_ok() => self.hashes.update_but_md5(chunk),
+            _ => self.hashes.update(chunk),
+        }
+    }
+
+    /// The digests of everything fed so far, once the MD5 thread caught up.
+    pub(crate) fn finish(self) -> Hashes {
+        let mut hashes = self.hashes;
+        if let Some((tx, thread)) = self.md5 {
+            drop(tx);
+            if let Ok(md5) = thread.join() {
+                hashes.md5 = md5;
+            }
+        }
+        hashes
+    }
+}
+
+/// Digests of the first `len` bytes of `file`, `crc` included when given.
+/// Blocking; streams the file.
+pub(crate) fn hash_file(file: &mut File, len: u64, crc: Option<Crc>) -> io::Result<Hashes> {
+    let mut hashes = Hashes::new(crc);
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = file.take(len);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hashes.update(&buf[..n]);
+    }
+    Ok(hashes)
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_gives_the_digests_of_hashing_inline() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for crc in [None, Some(Crc::Crc64Nvme), Some(Crc::Crc32c)] {
+            let mut inline = Hashes::new(crc);
+            inline.update(&data);
+            // Carried across a resume: the first part hashed inline.
+            let mut first = Hashes::new(crc);
+            first.update(&data[..1000]);
+            let mut piped = first.pipeline(2);
+            for chunk in data[1000..].chunks(65_536) {
+                piped.update(&Bytes::copy_from_slice(chunk));
+            }
+            assert_eq!(piped.finish().finish(), inline.finish(), "{crc:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_pipeline_is_the_digest_of_nothing() {
+        let digests = Hashes::new(None).pipeline(1).finish().finish();
+        assert_eq!(digests.md5, "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            digests.sha256,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}
