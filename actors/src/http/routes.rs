@@ -286,3 +286,40 @@ async fn read_chunk(file: &Arc<File>, offset: u64, n: usize) -> std::io::Result<
     .await
     .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads a whole file chunk by chunk with `read_chunk`, as a body does.
+    async fn read_all(file: &Arc<File>, len: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while (out.len() as u64) < len {
+            let n = (len - out.len() as u64).min(CHUNK) as usize;
+            let got = read_chunk(file, out.len() as u64, n).await.unwrap();
+            assert!(!got.is_empty() && got.len() <= n);
+            out.extend_from_slice(&got);
+        }
+        out
+    }
+
+    #[actix_rt::test]
+    async fn chunks_give_the_file_bytes_and_stop_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.bin");
+        let bytes: Vec<u8> = (0..CHUNK * 3 + 1000).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        assert_eq!(read_all(&file, bytes.len() as u64).await, bytes);
+        // The same through the blocking threads alone (as where the kernel
+        // refuses RWF_NOWAIT); other tests only read slower meanwhile.
+        NOWAIT.store(false, Ordering::Relaxed);
+        let blocking = read_all(&file, bytes.len() as u64).await;
+        NOWAIT.store(true, Ordering::Relaxed);
+        assert_eq!(blocking, bytes);
+        // Past the end (a file shorter than the index says): an error, not
+        // an empty chunk a body would loop on.
+        let err = read_chunk(&file, bytes.len() as u64, 10).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+}
