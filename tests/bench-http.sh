@@ -289,8 +289,14 @@ echo "curl, one download: gator-ota ${curl_rate[gator-ota]} MiB/s, nginx ${curl_
 # Runs wrk against a server; sets r (requests/s), m (MiB/s) and e (errors).
 load() {
   local server=$1 conns=$2 out="$work/wrk.out"
+  # In the background, so a signal ends the run at once (bash runs a trap
+  # only between commands, but interrupts `wait`).
   wrk -t "$wrk_threads" -c "$conns" -d "${duration}s" --timeout 30s \
-    "http://${addr[$server]}/$name" > "$out" 2>&1 || die "wrk failed: $(cat "$out")"
+    "http://${addr[$server]}/$name" > "$out" 2>&1 &
+  local wpid=$!
+  pids+=("$wpid")
+  wait "$wpid" || die "wrk failed: $(cat "$out")"
+  forget "$wpid"
   read -r r m e < <(awk -v size="$size" '
     /^Requests\/sec:/ {rps = $2}
     /Socket errors:/ {for (i = 3; i <= NF; i += 2) {gsub(",", "", $(i + 1)); err += $(i + 1)}}
