@@ -43,6 +43,12 @@ use catalog::Catalog;
 use device_log::DeviceLog;
 use routes::State;
 
+/// Threads the worker may run file opens and page-cache misses on. The
+/// default (512) let 200 downloads at once start ~100-200 threads, each with
+/// its stack and malloc arena; a gateway's SD card serves no more reads at
+/// once than a few, so the rest may queue.
+const BLOCKING_THREADS: usize = 8;
+
 /// Seconds a stopping server gives the downloads in flight.
 const GRACE_SECS: u64 = 3;
 
@@ -112,6 +118,7 @@ impl FirmwareServer {
                 .default_service(web::to(routes::serve))
         })
         .workers(1)
+        .worker_max_blocking_threads(BLOCKING_THREADS)
         .max_connections(settings.max_connections)
         .client_request_timeout(settings.request_timeout)
         .client_disconnect_timeout(settings.disconnect_timeout)
