@@ -8,6 +8,9 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use super::memory::{IMAGE_MAX, Memory};
 use crate::journal::{InstalledImage, Journal};
 use crate::paths::DirHandle;
 
@@ -36,22 +39,35 @@ impl Miss {
     }
 }
 
-/// An installed image, opened: the handle keeps these bytes even when a
-/// newer image is renamed over the path while it is being sent.
+/// An installed image, ready to send: the bytes stay these even when a
+/// newer image is renamed over the path while they are being sent.
 pub(crate) struct Opened {
-    pub file: File,
+    pub body: Source,
     pub image: InstalledImage,
+}
+
+/// Where an image's bytes come from.
+pub(crate) enum Source {
+    /// Held in memory, verified ([`Memory`]).
+    Held(Bytes),
+    /// An open handle to a file too large to hold.
+    File(File),
 }
 
 pub(crate) struct Catalog {
     journal: Arc<Journal>,
     /// URL path → the pointer file's full path, as the index keys it.
     pointers: HashMap<String, PathBuf>,
+    memory: Memory,
 }
 
 impl Catalog {
     pub(crate) fn new(journal: Arc<Journal>, pointers: HashMap<String, PathBuf>) -> Self {
-        Self { journal, pointers }
+        Self {
+            journal,
+            pointers,
+            memory: Memory::default(),
+        }
     }
 
     pub(crate) fn is_pointer_url(&self, path: &str) -> bool {
@@ -88,7 +104,13 @@ impl Catalog {
         if self.journal.installed(&disk_path).await.as_ref() != Some(&image) {
             return Err(Miss::FileMismatch);
         }
-        Ok((disk_path, Opened { file, image }))
+        let body = if image.bytes > IMAGE_MAX {
+            Source::File(file)
+        } else {
+            let held = self.memory.bytes(&disk_path, &image, &file).await;
+            Source::Held(held.ok_or(Miss::FileMismatch)?)
+        };
+        Ok((disk_path, Opened { body, image }))
     }
 }
 
@@ -116,7 +138,7 @@ mod tests {
             file_name: name.into(),
             cloud_path: format!("fw/{name}"),
             bytes,
-            sha256: "s".into(),
+            sha256: crate::hashes::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"image")),
             md5: "m".into(),
             etag: None,
             seq: 1,

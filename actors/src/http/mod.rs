@@ -23,6 +23,7 @@
 
 mod catalog;
 pub mod device_log;
+mod memory;
 mod range;
 mod routes;
 

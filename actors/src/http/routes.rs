@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::stream::{self, Stream};
 use tracing::debug;
 
-use super::catalog::{Catalog, Miss, Opened};
+use super::catalog::{Catalog, Miss, Opened, Source};
 use super::device_log::{DeviceLog, DeviceRecord};
 use super::range::{self, Wanted};
 use crate::paths::check_file_name;
@@ -30,6 +30,10 @@ use crate::paths::check_file_name;
 /// (200 downloads at once) 64 KiB chunks took ~5 MiB more peak RSS for no
 /// more throughput that could be told from the noise.
 const CHUNK: u64 = 16 * 1024;
+
+/// Bytes per step of an image held in memory: a slice costs no memory of
+/// its own, and larger steps mean fewer turns of the connection's loop.
+const HELD_CHUNK: u64 = 32 * 1024;
 
 /// What every request handler shares.
 pub(crate) struct State {
@@ -97,7 +101,10 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn image(req: &HttpRequest, opened: Opened, log: &DeviceLog, head: bool) -> HttpResponse {
-    let Opened { file, image } = opened;
+    let Opened {
+        body: source,
+        image,
+    } = opened;
     let etag = format!("\"{}\"", image.sha256);
     let mut record = new_record(req, &image.file_name, &image.sha256);
     let already =
@@ -143,7 +150,10 @@ fn image(req: &HttpRequest, opened: Opened, log: &DeviceLog, head: bool) -> Http
         ));
     }
     let transfer = Transfer {
-        file: Arc::new(file),
+        source: match source {
+            Source::Held(bytes) => Body::Held(bytes),
+            Source::File(file) => Body::File(Arc::new(file)),
+        },
         offset: start,
         remaining: count,
         tracker: Tracker {
@@ -197,9 +207,9 @@ fn new_record(req: &HttpRequest, image: &str, sha256: &str) -> DeviceRecord {
     }
 }
 
-/// One download in progress: the open image, where it is, and its record.
+/// One download in progress: the image, where it is, and its record.
 struct Transfer {
-    file: Arc<File>,
+    source: Body,
     offset: u64,
     remaining: u64,
     tracker: Tracker,
@@ -207,6 +217,28 @@ struct Transfer {
 
 /// Writes the download's record when the body is done with, whether every
 /// byte went out or the device went away.
+enum Body {
+    Held(Bytes),
+    File(Arc<File>),
+}
+
+impl Body {
+    /// The next `n` bytes at `offset`: a slice of held bytes (no copy), or
+    /// a read of the file.
+    async fn chunk(&self, offset: u64, n: usize) -> std::io::Result<Bytes> {
+        match self {
+            Self::Held(bytes) => {
+                let start = offset as usize;
+                match bytes.get(start..start + n) {
+                    Some(_) => Ok(bytes.slice(start..start + n)),
+                    None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                }
+            }
+            Self::File(file) => read_chunk(file, offset, n).await,
+        }
+    }
+}
+
 struct Tracker {
     log: DeviceLog,
     record: Option<DeviceRecord>,
@@ -234,8 +266,12 @@ fn body(transfer: Transfer) -> impl Stream<Item = Result<Bytes, std::io::Error>>
         if t.remaining == 0 {
             return None;
         }
-        let n = t.remaining.min(CHUNK) as usize;
-        match read_chunk(&t.file, t.offset, n).await {
+        let step = match t.source {
+            Body::Held(_) => HELD_CHUNK,
+            Body::File(_) => CHUNK,
+        };
+        let n = t.remaining.min(step) as usize;
+        match t.source.chunk(t.offset, n).await {
             Ok(buf) => {
                 let got = buf.len() as u64;
                 t.offset += got;
