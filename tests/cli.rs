@@ -177,7 +177,16 @@ fn check_config_refuses_what_run_refuses_with_the_same_words() {
         "[firmware]\npublic_key_files = [\"{}\"]\n[system]\ndata_dir = \"{data_dir}\"\n",
         pem.display()
     );
+    let outside_pointer = format!(
+        "[http]\nlisten = [\"127.0.0.1:0\"]\npointers = [{{ url = \"/current_version.txt\", file = \"/etc/passwd\" }}]\n\
+         [system]\ndata_dir = \"{data_dir}\"\n"
+    );
     for (toml, key, words) in [
+        (
+            outside_pointer.as_str(),
+            "http.pointers[0].file",
+            "is outside the allowed folders",
+        ),
         (
             second_broker.as_str(),
             "carriers.local broker",

@@ -102,6 +102,15 @@ impl Confinement {
         Ok(Self { roots: resolved })
     }
 
+    /// The roots as the settings write them, neither created nor resolved:
+    /// for checks that must not touch the disk (`check-config`). `run`
+    /// checks again against the real folders ([`Confinement::new`]).
+    pub fn lexical(roots: &[PathBuf]) -> Option<Self> {
+        (!roots.is_empty()).then(|| Self {
+            roots: roots.to_vec(),
+        })
+    }
+
     /// The first root: relative paths and defaults are taken from it.
     pub fn home(&self) -> &Path {
         &self.roots[0]

@@ -20,6 +20,7 @@ use crate::firmware::Defaults;
 use crate::ingress::Subscription;
 use crate::job::Policy;
 use crate::mqtt;
+use crate::paths::Confinement;
 use crate::s3_carrier::StorePlan;
 use crate::scarecro_topics::TopicMap;
 use crate::signature::{KeyError, Keyring};
@@ -104,6 +105,7 @@ impl Plan {
     /// Every check `run` makes before it starts anything.
     pub fn new(settings: &Settings) -> Result<Self, PlanError> {
         let tasks = task_plans(settings);
+        check_pointers(settings)?;
         let mqtt = mqtt_plans(settings, &tasks)?;
         let keyring = Arc::new(keyring(settings)?);
         let mut s3 = Vec::new();
@@ -148,6 +150,27 @@ impl Plan {
         folders.extend(self.settings.allowed_roots());
         folders
     }
+}
+
+/// The pointers the firmware server publishes must be files gator-ota may
+/// write, as a message's `config_path` must.
+fn check_pointers(settings: &Settings) -> Result<(), PlanError> {
+    if !settings.http.enabled {
+        return Ok(());
+    }
+    let Some(confinement) = Confinement::lexical(&settings.allowed_roots()) else {
+        return Ok(());
+    };
+    for (index, pointer) in settings.http.pointers.iter().enumerate() {
+        if let Err(e) = confinement.resolve("file", &pointer.file.to_string_lossy()) {
+            return Err(PlanError::new(
+                format!("http.pointers[{index}].file"),
+                e.to_string(),
+                "name the pointer file as messages name it in config_path: relative to system.data_dir, or inside system.allowed_roots",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One connection per MQTT carrier an address names, each with its own
