@@ -157,6 +157,39 @@ fn httpupdate_args(sketch_md5: &str) -> Vec<String> {
     .collect()
 }
 
+/// A message with a `sha256` is checked by it: the download takes no MD5,
+/// and the server's `x-MD5` (which HTTPUpdate checks the flashed image
+/// against) and its "already running" answer come from its own read.
+#[test]
+fn x_md5_is_right_when_the_download_took_no_md5() {
+    let world = World::new();
+    let gw = world.gateway();
+    let addr = gw.http_addr();
+    let image = esp_image(200 * 1024 + 3, 5);
+    let name = "datagator_v1.0.2.bin";
+    let key = "data-gator/datagator_v1.0.2.bin";
+    let confirms = world.confirms();
+    world.s3.put_object(BUCKET, key, &image);
+    let mut message = firmware_image("m-sha", name, key);
+    message["sha256"] = sha256_hex(&image).into();
+    world.publish_json(&message);
+    let confirm = confirms.recv_json(DEADLINE).expect("a confirm_receipt");
+    assert_eq!(confirm["file_name"], name);
+    let index =
+        std::fs::read_to_string(world.data_dir().join(".gator-ota/installed.json")).unwrap();
+    assert!(!index.contains("\"md5\""), "no MD5 was taken: {index}");
+
+    let args = httpupdate_args(&md5_hex(b"the running sketch"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = curl(addr, &format!("/{name}"), &args);
+    assert_eq!(got.status, 200);
+    assert!(got.body == image);
+    assert_eq!(got.header("x-md5"), Some(md5_hex(&image).as_str()));
+    let args = httpupdate_args(&md5_hex(&image));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(curl(addr, &format!("/{name}"), &args).status, 304);
+}
+
 #[test]
 fn a_data_gator_fetches_the_pointer_then_the_image_as_httpupdate_does() {
     let world = World::new();

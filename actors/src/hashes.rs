@@ -1,11 +1,16 @@
-//! Every digest gator-ota takes of an image: SHA-256 and MD5 always (the
-//! index of installed images keeps them), and S3's CRC-64/NVME or CRC-32C
-//! only when the object's own CRC is what vouches for it.
+//! Every digest gator-ota takes of an image: SHA-256 always (the index of
+//! installed images and the firmware server's ETag key on it), and MD5 or
+//! S3's CRC-64/NVME or CRC-32C only when it is the check that vouches for
+//! the bytes ([`Checks`]).
 //!
 //! Staging hashes each chunk as it is written. MD5 has no hardware help and
-//! costs more than SHA-256 with SHA-NI and the write together, so a
-//! [`Pipeline`] runs it on a thread of its own beside the writer: on two
-//! cores the three costs overlap instead of adding up.
+//! costs more than SHA-256 with SHA-NI and the write together: on a 256 MiB
+//! download it was most of the service's CPU. So it is computed only when
+//! the message gives one or the object's ETag is the only checksum at hand
+//! (S3 gives every new object a CRC-64/NVME), and then a [`Pipeline`] runs
+//! it on a thread of its own beside the writer: on two cores the costs
+//! overlap instead of adding up. The firmware server takes the MD5 it sends
+//! devices from its own read of the image when the download did not.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -44,12 +49,29 @@ impl std::fmt::Display for Crc {
     }
 }
 
-/// Running digests over the bytes staged so far. The SHA-256 and MD5 always;
-/// a CRC only when asked for, so an ordinary download pays nothing for it.
+/// The digests a download computes besides SHA-256: the ones the job
+/// checks the bytes against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checks {
+    pub md5: bool,
+    pub crc: Option<Crc>,
+}
+
+impl Checks {
+    /// MD5 as well: for an installed image read back, whose MD5 is compared
+    /// with a message's.
+    pub const ALL_BUT_CRC: Checks = Checks {
+        md5: true,
+        crc: None,
+    };
+}
+
+/// Running digests over the bytes staged so far: the SHA-256, and the
+/// [`Checks`] asked for.
 #[derive(Clone, Default)]
 pub struct Hashes {
     sha256: Sha256,
-    md5: Md5,
+    md5: Option<Md5>,
     crc: Option<(Crc, crc_fast::Digest)>,
 }
 
@@ -64,28 +86,34 @@ impl std::fmt::Debug for Hashes {
 pub struct Digests {
     /// Lowercase hex.
     pub sha256: String,
-    /// Lowercase hex.
-    pub md5: String,
+    /// Lowercase hex, if asked for.
+    pub md5: Option<String>,
     /// The CRC asked for, if one was.
     pub crc: Option<(Crc, u64)>,
 }
 
 impl Hashes {
-    /// Digests of no bytes yet, with `crc` computed too when given.
-    pub fn new(crc: Option<Crc>) -> Self {
+    /// Digests of no bytes yet, with `checks` computed too.
+    pub fn new(checks: Checks) -> Self {
         Self {
-            crc: crc.map(|c| (c, c.digest())),
-            ..Self::default()
+            sha256: Sha256::default(),
+            md5: checks.md5.then(Md5::default),
+            crc: checks.crc.map(|c| (c, c.digest())),
         }
     }
 
-    /// True when these digests include `crc` (or none is wanted).
-    pub(crate) fn computes(&self, crc: Option<Crc>) -> bool {
-        crc.is_none_or(|want| self.crc.is_some_and(|(have, _)| have == want))
+    /// True when these digests include `checks`.
+    pub(crate) fn computes(&self, checks: Checks) -> bool {
+        let crc = checks
+            .crc
+            .is_none_or(|want| self.crc.is_some_and(|(have, _)| have == want));
+        crc && (!checks.md5 || self.md5.is_some())
     }
 
     pub(crate) fn update(&mut self, bytes: &[u8]) {
-        self.md5.update(bytes);
+        if let Some(md5) = &mut self.md5 {
+            md5.update(bytes);
+        }
         self.update_but_md5(bytes);
     }
 
@@ -99,17 +127,22 @@ impl Hashes {
     pub fn finish(self) -> Digests {
         Digests {
             sha256: hex(&self.sha256.finalize()),
-            md5: hex(&self.md5.finalize()),
+            md5: self.md5.map(|m| hex(&m.finalize())),
             crc: self.crc.map(|(c, digest)| (c, digest.finalize())),
         }
     }
 
-    /// Continues these digests with MD5 on a thread of its own, at most
-    /// `depth` chunks behind the caller. Without a thread (none could be
-    /// started) everything is hashed on the caller's.
+    /// Continues these digests with MD5 (when they have one) on a thread of
+    /// its own, at most `depth` chunks behind the caller. Without a thread
+    /// (none could be started) everything is hashed on the caller's.
     pub(crate) fn pipeline(self, depth: usize) -> Pipeline {
         // A copy: if no thread starts, `self` still has its MD5.
-        let md5 = self.md5.clone();
+        let Some(md5) = self.md5.clone() else {
+            return Pipeline {
+                hashes: self,
+                md5: None,
+            };
+        };
         let (tx, rx) = sync_channel::<Bytes>(depth.max(1));
         let spawned = std::thread::Builder::new()
             .name("gator-ota-md5".into())
@@ -152,17 +185,17 @@ impl Pipeline {
         if let Some((tx, thread)) = self.md5 {
             drop(tx);
             if let Ok(md5) = thread.join() {
-                hashes.md5 = md5;
+                hashes.md5 = Some(md5);
             }
         }
         hashes
     }
 }
 
-/// Digests of the first `len` bytes of `file`, `crc` included when given.
+/// Digests of the first `len` bytes of `file`, `checks` included.
 /// Blocking; streams the file.
-pub(crate) fn hash_file(file: &mut File, len: u64, crc: Option<Crc>) -> io::Result<Hashes> {
-    let mut hashes = Hashes::new(crc);
+pub(crate) fn hash_file(file: &mut File, len: u64, checks: Checks) -> io::Result<Hashes> {
+    let mut hashes = Hashes::new(checks);
     file.seek(SeekFrom::Start(0))?;
     let mut reader = file.take(len);
     let mut buf = vec![0u8; 256 * 1024];
@@ -195,10 +228,11 @@ mod tests {
     fn a_pipeline_gives_the_digests_of_hashing_inline() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         for crc in [None, Some(Crc::Crc64Nvme), Some(Crc::Crc32c)] {
-            let mut inline = Hashes::new(crc);
+            let checks = Checks { md5: true, crc };
+            let mut inline = Hashes::new(checks);
             inline.update(&data);
             // Carried across a resume: the first part hashed inline.
-            let mut first = Hashes::new(crc);
+            let mut first = Hashes::new(checks);
             first.update(&data[..1000]);
             let mut piped = first.pipeline(2);
             for chunk in data[1000..].chunks(65_536) {
@@ -210,11 +244,27 @@ mod tests {
 
     #[test]
     fn an_empty_pipeline_is_the_digest_of_nothing() {
-        let digests = Hashes::new(None).pipeline(1).finish().finish();
-        assert_eq!(digests.md5, "d41d8cd98f00b204e9800998ecf8427e");
+        let digests = Hashes::new(Checks::ALL_BUT_CRC)
+            .pipeline(1)
+            .finish()
+            .finish();
+        assert_eq!(
+            digests.md5.as_deref(),
+            Some("d41d8cd98f00b204e9800998ecf8427e")
+        );
         assert_eq!(
             digests.sha256,
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn md5_only_when_asked_for() {
+        let mut piped = Hashes::new(Checks::default()).pipeline(2);
+        piped.update(&Bytes::from_static(b"hello world"));
+        let hashes = piped.finish();
+        assert!(!hashes.computes(Checks::ALL_BUT_CRC));
+        assert!(hashes.computes(Checks::default()));
+        assert_eq!(hashes.finish().md5, None);
     }
 }

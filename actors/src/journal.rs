@@ -57,7 +57,10 @@ pub struct InstalledImage {
     pub cloud_path: String,
     pub bytes: u64,
     pub sha256: String,
-    pub md5: String,
+    /// When the download computed it (it was the check, or the message gave
+    /// it); the firmware server computes its own otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
     pub etag: Option<String>,
     /// Order of installation, for retention.
     pub seq: u64,
@@ -339,7 +342,7 @@ mod tests {
             cloud_path: "fw/a".into(),
             bytes: 1,
             sha256: "x".into(),
-            md5: "y".into(),
+            md5: Some("y".into()),
             etag: None,
             seq: 9,
         };
@@ -365,7 +368,7 @@ mod tests {
             cloud_path: format!("fw/{name}"),
             bytes: 1,
             sha256: "x".into(),
-            md5: "y".into(),
+            md5: Some("y".into()),
             etag: None,
             seq,
         }

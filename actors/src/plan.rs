@@ -276,6 +276,7 @@ fn policy(settings: &Settings, s3: &S3Carrier, keyring: &Arc<Keyring>) -> Policy
         max_bytes_per_second: s3.max_bytes_per_second,
         require_signature: settings.firmware.require_signature,
         keyring: keyring.clone(),
+        write_chunks: settings.pipeline.write_chunks,
     }
 }
 

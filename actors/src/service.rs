@@ -29,8 +29,9 @@ use crate::plan::{MqttPlan, Plan, S3Plan};
 use crate::router::TaskRouter;
 use crate::s3_carrier::{S3CarrierActor, StoreSetupError};
 use crate::spool::Spool;
+use crate::staging::sweep_temporaries;
 use crate::status::StatusSink;
-use crate::writer::{FsWriter, TEMP_PREFIX};
+use crate::writer::FsWriter;
 
 /// What can still go wrong once the plan is made: the disk and the
 /// libraries' own set-up.
@@ -87,7 +88,7 @@ impl Service {
         for root in confinement.roots() {
             sweep_temporaries(root, 4);
         }
-        let writer = FsWriter::new(settings.pipeline.write_chunks).start();
+        let writer = FsWriter::default().start();
         let links = plan
             .mqtt
             .iter()
@@ -337,34 +338,6 @@ fn open_inbox(
         );
     }
     Ok((inbox, held))
-}
-
-/// Removes temporaries a killed process left behind (never at a destination,
-/// but they take space). Staging files (`.part`) stay: the unfinished job
-/// they belong to resumes from them, and a job that ends removes its own.
-fn sweep_temporaries(dir: &Path, depth: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if kind.is_file() && name.starts_with(TEMP_PREFIX) && name.ends_with(".tmp") {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    info!(path = %entry.path().display(), "removed a leftover temporary file")
-                }
-                Err(e) => {
-                    warn!(path = %entry.path().display(), error = %e, "cannot remove a leftover temporary file")
-                }
-            }
-        } else if kind.is_dir() && depth > 0 {
-            sweep_temporaries(&entry.path(), depth - 1);
-        }
-    }
 }
 
 #[cfg(test)]

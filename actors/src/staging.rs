@@ -3,19 +3,19 @@
 //! so a restarted job finds its own), which file found at such a name may
 //! be written through, and how a staged or installed image is read back.
 //! The writer actor creates, fills, renames and removes them; the job reads
-//! their length to resume and their bytes to check a signature; the
-//! start-up sweep of leftover temporaries goes by [`TEMP_PREFIX`].
+//! their length to resume and their bytes to check a signature; at start-up
+//! [`sweep_temporaries`] removes what a killed process left.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::hashes::{Digests, hash_file, hex};
+use crate::hashes::{Checks, Digests, hash_file, hex};
 use crate::paths::{ConfinedPath, DirHandle};
 
 /// Temporary and staging files start with this, so they are easy to spot.
@@ -101,8 +101,8 @@ pub fn hash_installed(image: &ConfinedPath) -> io::Result<(u64, String, String)>
     let dir = image.open_parent(false)?;
     let mut file = open_regular(&dir, image.file_name())?;
     let len = file.metadata()?.len();
-    let Digests { sha256, md5, .. } = hash_file(&mut file, len, None)?.finish();
-    Ok((len, sha256, md5))
+    let Digests { sha256, md5, .. } = hash_file(&mut file, len, Checks::ALL_BUT_CRC)?.finish();
+    Ok((len, sha256, md5.unwrap_or_default()))
 }
 
 /// The staged image, for reading (its signature is checked). Blocking.
@@ -120,4 +120,55 @@ fn open_regular(dir: &DirHandle, name: &OsStr) -> io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+/// Removes temporaries a killed process left behind (never at a destination,
+/// but they take space). Staging files (`.part`) stay: the unfinished job
+/// they belong to resumes from them, and a job that ends removes its own.
+pub(crate) fn sweep_temporaries(dir: &Path, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if kind.is_file() && name.starts_with(TEMP_PREFIX) && name.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    info!(path = %entry.path().display(), "removed a leftover temporary file")
+                }
+                Err(e) => {
+                    warn!(path = %entry.path().display(), error = %e, "cannot remove a leftover temporary file")
+                }
+            }
+        } else if kind.is_dir() && depth > 0 {
+            sweep_temporaries(&entry.path(), depth - 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_temporaries_and_keeps_staging_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("images");
+        std::fs::create_dir(&sub).unwrap();
+        let tmp = sub.join(format!("{TEMP_PREFIX}0123456789abcdef.tmp"));
+        let part = sub.join(format!("{TEMP_PREFIX}0123456789abcdef.part"));
+        let other = sub.join("firmware.tmp");
+        for f in [&tmp, &part, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        sweep_temporaries(dir.path(), 0);
+        assert!(tmp.exists(), "depth 0 does not go into sub-folders");
+        sweep_temporaries(dir.path(), 1);
+        assert!(!tmp.exists());
+        assert!(part.exists() && other.exists());
+    }
 }

@@ -15,9 +15,10 @@
 //! a folder swapped for a link while a job runs can neither redirect a write
 //! nor hide a staging file from its cleanup.
 //!
-//! Disk work runs on blocking threads fed through a bounded channel: the
-//! actor's thread only forwards chunks, and memory stays at a few chunks
-//! whatever the image size.
+//! Disk work runs on blocking threads fed through a bounded channel
+//! ([`chunks`]) by the job, which owns the network side (the body, its rate
+//! limit, its progress): memory stays at a few chunks whatever the image
+//! size, and the writer never polls a socket.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -27,12 +28,11 @@ use std::sync::{Arc, Mutex};
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::sync::mpsc;
-use tracing::{Instrument, Span, debug, info, warn};
+use tracing::{Span, debug, info, warn};
 
-use crate::hashes::{Crc, Hashes, hash_file};
-use crate::messages::{ByteStream, TransferError};
+use crate::hashes::{Checks, Hashes, hash_file};
+use crate::messages::TransferError;
 use crate::paths::{ConfinedPath, DirHandle};
 pub use crate::staging::TEMP_PREFIX;
 use crate::staging::{open_staging, staging_name, staging_path};
@@ -98,15 +98,42 @@ pub struct Append {
     pub image: ConfinedPath,
     pub offset: u64,
     pub hashes: Option<Hashes>,
-    /// A CRC to compute besides the SHA-256 and MD5: the one the object
-    /// carries, when nothing more trusted vouches for its bytes.
-    pub crc: Option<Crc>,
-    pub body: ByteStream,
+    /// What to compute besides the SHA-256: the checks the job makes.
+    pub checks: Checks,
+    /// The bytes, as the job receives them.
+    pub chunks: Chunks,
     /// The object's full length: more is an error.
     pub total: u64,
-    /// The job's span: the writer's log lines, and the progress lines of
-    /// the body it polls, carry the job's `msg_id`.
+    /// The job's span, for the writer's log lines.
     pub span: Span,
+}
+
+/// The receiving end of an [`Append`]'s bytes.
+pub struct Chunks(mpsc::Receiver<Chunk>);
+
+/// The sending end of an [`Append`]'s bytes. Dropped without
+/// [`ChunkSender::end`], it tells the writer the transfer broke off: what is
+/// staged so far is kept, synced, for the next attempt to resume from.
+pub struct ChunkSender(mpsc::Sender<Chunk>);
+
+/// A channel for one [`Append`], holding at most `capacity` chunks: with the
+/// writer's pipeline, the memory a download takes.
+pub fn chunks(capacity: usize) -> (ChunkSender, Chunks) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (ChunkSender(tx), Chunks(rx))
+}
+
+impl ChunkSender {
+    /// Waits for room, then hands `bytes` on; `false` when the writer has
+    /// stopped taking chunks (its error is then the one to report).
+    pub async fn send(&self, bytes: Bytes) -> bool {
+        self.0.send(Chunk::Data(bytes)).await.is_ok()
+    }
+
+    /// Says the last byte was sent.
+    pub async fn end(self) {
+        let _ = self.0.send(Chunk::End).await;
+    }
 }
 
 /// Put the staged image (if any) at its destination, then the pointer.
@@ -140,19 +167,9 @@ pub enum Removal {
 /// stands at that path.
 type Staged = Arc<Mutex<HashMap<PathBuf, Arc<DirHandle>>>>;
 
+#[derive(Default)]
 pub struct FsWriter {
-    /// Chunks in flight between the download and the disk.
-    chunks: usize,
     staged: Staged,
-}
-
-impl FsWriter {
-    pub fn new(chunks: usize) -> Self {
-        Self {
-            chunks,
-            staged: Staged::default(),
-        }
-    }
 }
 
 impl Actor for FsWriter {
@@ -169,55 +186,25 @@ impl Handler<Append> for FsWriter {
     type Result = ResponseFuture<Result<Appended, WriteError>>;
 
     fn handle(&mut self, msg: Append, _: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = mpsc::channel(self.chunks);
         let staged = self.staged.clone();
         let Append {
             image,
             offset,
             hashes,
-            crc,
-            mut body,
+            checks,
+            chunks,
             total,
             span,
         } = msg;
-        let hashes = hashes.filter(|h| h.computes(crc));
-        let in_job = span.clone();
-        let streaming = async move {
-            let disk = tokio::task::spawn_blocking(move || {
-                let _in_job = in_job.enter();
-                append_blocking(&image, offset, hashes, crc, total, rx, &staged)
-            });
-            let mut failure = None;
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(bytes) => {
-                        if tx.send(Chunk::Data(bytes)).await.is_err() {
-                            break; // the disk side failed; its error is the one to report
-                        }
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            if failure.is_none() {
-                let _ = tx.send(Chunk::End).await;
-            }
-            drop(tx);
-            let written = disk.await.unwrap_or(Err(WriteError::Interrupted));
-            match (failure, written) {
-                (Some(source), Ok(progress)) => Err(WriteError::Transfer {
-                    progress: Box::new(progress),
-                    source,
-                }),
-                (Some(source), Err(WriteError::Transfer { progress, .. })) => {
-                    Err(WriteError::Transfer { progress, source })
-                }
-                (_, result) => result,
-            }
-        };
-        Box::pin(streaming.instrument(span))
+        let hashes = hashes.filter(|h| h.computes(checks));
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let _in_job = span.enter();
+                append_blocking(&image, offset, hashes, checks, total, chunks.0, &staged)
+            })
+            .await
+            .unwrap_or(Err(WriteError::Interrupted))
+        })
     }
 }
 
@@ -257,12 +244,13 @@ impl Handler<Remove> for FsWriter {
     }
 }
 
-/// `hashes`, when given, covers the first `offset` bytes and computes `crc`.
+/// `hashes`, when given, covers the first `offset` bytes and computes
+/// `checks`.
 fn append_blocking(
     image: &ConfinedPath,
     offset: u64,
     hashes: Option<Hashes>,
-    crc: Option<Crc>,
+    checks: Checks,
     total: u64,
     mut rx: mpsc::Receiver<Chunk>,
     staged: &Staged,
@@ -279,14 +267,14 @@ fn append_blocking(
         return Err(WriteError::Transfer {
             progress: Box::new(Appended {
                 written: 0,
-                hashes: Hashes::new(crc),
+                hashes: Hashes::new(checks),
             }),
             source: TransferError::Stopped,
         });
     }
     let hashes = match hashes {
         Some(h) => h,
-        None => hash_file(&mut file, offset, crc).map_err(WriteError::io(&path))?,
+        None => hash_file(&mut file, offset, checks).map_err(WriteError::io(&path))?,
     };
     file.set_len(offset).map_err(WriteError::io(&path))?;
     file.seek(SeekFrom::Start(offset))
@@ -479,22 +467,33 @@ impl Drop for TempFile<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hashes::{Digests, hex};
+    use crate::hashes::{Crc, Digests, hex};
     use crate::paths::Confinement;
     use crate::staging::hash_installed;
     use actix::Actor;
-    use futures::stream;
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::MetadataExt;
 
-    fn body(parts: Vec<Result<Bytes, TransferError>>) -> ByteStream {
-        stream::iter(parts).boxed()
+    /// Chunks fed as a job feeds them: each `Ok` part, then the end, or
+    /// nothing more after an `Err` (a body that broke off).
+    fn body(parts: Vec<Result<Bytes, TransferError>>) -> Chunks {
+        let (tx, chunks) = super::chunks(2);
+        actix_rt::spawn(async move {
+            for part in parts {
+                let Ok(bytes) = part else { return };
+                if !tx.send(bytes).await {
+                    return;
+                }
+            }
+            tx.end().await;
+        });
+        chunks
     }
 
     fn setup() -> (tempfile::TempDir, Confinement, actix::Addr<FsWriter>) {
         let dir = tempfile::tempdir().unwrap();
         let c = Confinement::new(&[dir.path().to_path_buf()]).unwrap();
-        (dir, c, FsWriter::new(2).start())
+        (dir, c, FsWriter::default().start())
     }
 
     #[actix_rt::test]
@@ -506,8 +505,8 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
-                crc: None,
-                body: body(vec![
+                checks: Checks::ALL_BUT_CRC,
+                chunks: body(vec![
                     Ok(Bytes::from_static(b"hello ")),
                     Ok(Bytes::from_static(b"world")),
                 ]),
@@ -520,7 +519,10 @@ mod tests {
         assert_eq!(staged.written, 11);
         let digests = staged.hashes.finish();
         assert_eq!(digests.sha256, hex(&Sha256::digest(b"hello world")));
-        assert_eq!(digests.md5, "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        assert_eq!(
+            digests.md5.as_deref(),
+            Some("5eb63bbbe01eeed093cb22bb8f5acdc3")
+        );
         assert_eq!(digests.crc, None, "no CRC unless asked for");
         assert!(
             !image.full().exists(),
@@ -552,8 +554,8 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
-                crc: None,
-                body: body(vec![
+                checks: Checks::default(),
+                chunks: body(vec![
                     Ok(Bytes::from_static(b"hello ")),
                     Err(TransferError::Idle(std::time::Duration::from_secs(1))),
                 ]),
@@ -573,8 +575,8 @@ mod tests {
                 image: image.clone(),
                 offset: 6,
                 hashes: None,
-                crc: None,
-                body: body(vec![Ok(Bytes::from_static(b"world"))]),
+                checks: Checks::default(),
+                chunks: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
                 span: Span::none(),
             })
@@ -600,13 +602,16 @@ mod tests {
             (Crc::Crc64Nvme, CHECK_CRC64NVME),
         ] {
             for split in 0..=CHECK.len() {
-                let mut h = Hashes::new(Some(crc));
+                let mut h = Hashes::new(Checks {
+                    md5: false,
+                    crc: Some(crc),
+                });
                 h.update(&CHECK[..split]);
                 h.update(&CHECK[split..]);
                 assert_eq!(h.finish().crc, Some((crc, want)), "{crc} split at {split}");
             }
         }
-        assert_eq!(Hashes::new(None).finish().crc, None);
+        assert_eq!(Hashes::new(Checks::default()).finish().crc, None);
     }
 
     /// Stages "1234", cut before the rest of [`CHECK`]; the progress made.
@@ -620,8 +625,8 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
-                crc,
-                body: body(vec![
+                checks: Checks { md5: false, crc },
+                chunks: body(vec![
                     Ok(Bytes::from_static(&CHECK[..4])),
                     Err(TransferError::Stopped),
                 ]),
@@ -648,8 +653,11 @@ mod tests {
             image: image.clone(),
             offset: 4,
             hashes,
-            crc,
-            body: body(vec![Ok(Bytes::from_static(&CHECK[4..]))]),
+            checks: Checks {
+                md5: crc == Some(Crc::Crc32c),
+                crc,
+            },
+            chunks: body(vec![Ok(Bytes::from_static(&CHECK[4..]))]),
             total: CHECK.len() as u64,
             span: Span::none(),
         })
@@ -677,8 +685,13 @@ mod tests {
         // Carried, but without the CRC the resume now asks for (it was
         // advertised only later): read back too.
         let without = cut_check(&w, &image, None).await;
+        // (The resume with CRC-32C also asks for the MD5 the cut one lacked.)
         let done = resume_check(&w, &image, Some(without), Some(Crc::Crc32c)).await;
         assert_eq!(done.crc, Some((Crc::Crc32c, CHECK_CRC32C)));
+        assert_eq!(
+            done.md5.as_deref(),
+            Some(hex(&md5::Md5::digest(CHECK)).as_str())
+        );
         assert_eq!(done.sha256, hex(&Sha256::digest(CHECK)));
     }
 
@@ -692,8 +705,8 @@ mod tests {
                 image: image.clone(),
                 offset: 6,
                 hashes: None,
-                crc: None,
-                body: body(vec![Ok(Bytes::from_static(b"world"))]),
+                checks: Checks::default(),
+                chunks: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
                 span: Span::none(),
             })
@@ -716,8 +729,8 @@ mod tests {
                 image,
                 offset: 0,
                 hashes: None,
-                crc: None,
-                body: body(vec![Ok(Bytes::from_static(b"too long"))]),
+                checks: Checks::default(),
+                chunks: body(vec![Ok(Bytes::from_static(b"too long"))]),
                 total: 3,
                 span: Span::none(),
             })
@@ -732,8 +745,8 @@ mod tests {
             image: image.clone(),
             offset: 0,
             hashes: None,
-            crc: None,
-            body: body(vec![Ok(Bytes::from_static(bytes))]),
+            checks: Checks::default(),
+            chunks: body(vec![Ok(Bytes::from_static(bytes))]),
             total: bytes.len() as u64,
             span: Span::none(),
         })

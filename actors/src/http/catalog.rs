@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::memory::{IMAGE_MAX, Memory};
+use super::memory::{Memory, Prepared};
 use crate::journal::{InstalledImage, Journal};
 use crate::paths::DirHandle;
 
@@ -44,6 +44,8 @@ impl Miss {
 pub(crate) struct Opened {
     pub body: Source,
     pub image: InstalledImage,
+    /// Lowercase hex, from the index or the server's own read.
+    pub md5: String,
 }
 
 /// Where an image's bytes come from.
@@ -104,13 +106,13 @@ impl Catalog {
         if self.journal.installed(&disk_path).await.as_ref() != Some(&image) {
             return Err(Miss::FileMismatch);
         }
-        let body = if image.bytes > IMAGE_MAX {
-            Source::File(file)
-        } else {
-            let held = self.memory.bytes(&disk_path, &image, &file).await;
-            Source::Held(held.ok_or(Miss::FileMismatch)?)
+        let prepared = self.memory.prepare(&disk_path, &image, &file).await;
+        let Prepared { bytes, md5 } = prepared.ok_or(Miss::FileMismatch)?;
+        let body = match bytes {
+            Some(bytes) => Source::Held(bytes),
+            None => Source::File(file),
         };
-        Ok((disk_path, Opened { body, image }))
+        Ok((disk_path, Opened { body, image, md5 }))
     }
 }
 
@@ -139,7 +141,7 @@ mod tests {
             cloud_path: format!("fw/{name}"),
             bytes,
             sha256: crate::hashes::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"image")),
-            md5: "m".into(),
+            md5: None,
             etag: None,
             seq: 1,
         }

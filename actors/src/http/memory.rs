@@ -10,6 +10,10 @@
 //! place on the disk after its install is never what a device gets; an
 //! entry lives while the same file (device and inode) is the one the index
 //! vouches for, and images larger than [`IMAGE_MAX`] stream from the disk.
+//!
+//! The same read gives the image's MD5 for `x-MD5` when the download did not
+//! compute one (it does only when MD5 was its check): once per image, not
+//! on the download's path to its `confirm_receipt`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,9 +21,11 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+use crate::hashes::hex;
 use crate::journal::InstalledImage;
 
 /// Images up to this size are served from memory. A Data Gator image is
@@ -49,8 +55,17 @@ impl FileId {
 struct Held {
     image: InstalledImage,
     id: FileId,
-    bytes: Bytes,
+    prepared: Prepared,
     used: u64,
+}
+
+/// What the server needs of an image besides the index.
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    /// Its bytes, when small enough to hold.
+    pub bytes: Option<Bytes>,
+    /// Lowercase hex.
+    pub md5: String,
 }
 
 #[derive(Default)]
@@ -69,18 +84,21 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    /// The verified bytes of `image`, read from `file` (opened at `path`)
-    /// the first time. `None` when the image is too large to hold, or the
-    /// file does not hash to the index's SHA-256 (the caller then streams
-    /// the file or refuses it).
-    pub(crate) async fn bytes(
+    /// The verified bytes of `image` (when it is small enough to hold) and
+    /// its MD5, read from `file` (opened at `path`) the first time. `None`
+    /// when the file does not hash to the index's SHA-256.
+    pub(crate) async fn prepare(
         &self,
         path: &Path,
         image: &InstalledImage,
         file: &File,
-    ) -> Option<Bytes> {
-        if image.bytes > IMAGE_MAX {
-            return None;
+    ) -> Option<Prepared> {
+        let hold = image.bytes <= IMAGE_MAX;
+        if !hold && let Some(md5) = &image.md5 {
+            return Some(Prepared {
+                bytes: None,
+                md5: md5.clone(),
+            });
         }
         let id = FileId::of(file).ok()?;
         let mut entries = self.entries.lock().await;
@@ -91,22 +109,22 @@ impl Memory {
             && held.image == *image
         {
             held.used = now;
-            return Some(held.bytes.clone());
+            return Some(held.prepared.clone());
         }
         let copy = file.try_clone().ok()?;
-        let (len, sha256) = (image.bytes, image.sha256.clone());
-        let bytes = tokio::task::spawn_blocking(move || read_verified(copy, len, &sha256))
+        let wanted = image.clone();
+        let prepared = tokio::task::spawn_blocking(move || read_verified(copy, &wanted, hold))
             .await
             .ok()??;
         let held = Held {
             image: image.clone(),
             id,
-            bytes: bytes.clone(),
+            prepared: prepared.clone(),
             used: now,
         };
         entries.by_path.insert(path.to_path_buf(), held);
         entries.evict_past(TOTAL_MAX);
-        Some(bytes)
+        Some(prepared)
     }
 }
 
@@ -116,6 +134,7 @@ impl Entries {
             let Some(oldest) = self
                 .by_path
                 .iter()
+                .filter(|(_, h)| h.prepared.bytes.is_some())
                 .min_by_key(|(_, h)| h.used)
                 .map(|(p, _)| p.clone())
             else {
@@ -126,16 +145,36 @@ impl Entries {
     }
 
     fn total(&self) -> u64 {
-        self.by_path.values().map(|h| h.bytes.len() as u64).sum()
+        let held = |h: &Held| h.prepared.bytes.as_ref().map_or(0, |b| b.len() as u64);
+        self.by_path.values().map(held).sum()
     }
 }
 
-/// The file's first `len` bytes, if they hash to `sha256`. Blocking. Read
-/// by offset: a cloned handle shares the file position with the original.
-fn read_verified(file: File, len: u64, sha256: &str) -> Option<Bytes> {
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, 0).ok()?;
-    (crate::hashes::hex(&Sha256::digest(&buf)) == sha256).then(|| Bytes::from(buf))
+/// The file's bytes (kept when `hold`) and MD5, if its first
+/// `image.bytes` bytes hash to the index's SHA-256. Blocking. Read by
+/// offset: a cloned handle shares the file position with the original.
+fn read_verified(file: File, image: &InstalledImage, hold: bool) -> Option<Prepared> {
+    let (mut sha256, mut md5) = (Sha256::new(), Md5::new());
+    let mut kept = Vec::with_capacity(if hold { image.bytes as usize } else { 0 });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut at = 0u64;
+    while at < image.bytes {
+        let n = (image.bytes - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at).ok()?;
+        sha256.update(&buf[..n]);
+        md5.update(&buf[..n]);
+        if hold {
+            kept.extend_from_slice(&buf[..n]);
+        }
+        at += n as u64;
+    }
+    if hex(&sha256.finalize()) != image.sha256 {
+        return None;
+    }
+    Some(Prepared {
+        bytes: hold.then(|| Bytes::from(kept)),
+        md5: hex(&md5.finalize()),
+    })
 }
 
 #[cfg(test)]
@@ -147,8 +186,8 @@ mod tests {
             file_name: "a_v1.0.0.bin".into(),
             cloud_path: "fw/a".into(),
             bytes: bytes.len() as u64,
-            sha256: crate::hashes::hex(&Sha256::digest(bytes)),
-            md5: "m".into(),
+            sha256: hex(&Sha256::digest(bytes)),
+            md5: None,
             etag: None,
             seq,
         }
@@ -162,17 +201,16 @@ mod tests {
         let memory = Memory::default();
         let first = image(b"first image", 1);
         let file = File::open(&path).unwrap();
-        let held = memory.bytes(&path, &first, &file).await.unwrap();
-        assert_eq!(&held[..], b"first image");
+        let held = memory.prepare(&path, &first, &file).await.unwrap();
+        assert_eq!(&held.bytes.unwrap()[..], b"first image");
+        assert_eq!(held.md5, hex(&Md5::digest(b"first image")));
 
         // Edited in place after the install: the held, verified bytes are
         // what a device gets, never the edit.
         std::fs::write(&path, b"first IMAGE").unwrap();
         let file = File::open(&path).unwrap();
-        assert_eq!(
-            &memory.bytes(&path, &first, &file).await.unwrap()[..],
-            b"first image"
-        );
+        let again = memory.prepare(&path, &first, &file).await.unwrap();
+        assert_eq!(&again.bytes.unwrap()[..], b"first image");
 
         // A new file at the path (a new install renames over it): read anew,
         // and only if it hashes to what the index says.
@@ -180,12 +218,10 @@ mod tests {
         std::fs::write(&tmp, b"second image").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
         let file = File::open(&path).unwrap();
-        assert!(memory.bytes(&path, &first, &file).await.is_none());
+        assert!(memory.prepare(&path, &first, &file).await.is_none());
         let second = image(b"second image", 2);
-        assert_eq!(
-            &memory.bytes(&path, &second, &file).await.unwrap()[..],
-            b"second image"
-        );
+        let new = memory.prepare(&path, &second, &file).await.unwrap();
+        assert_eq!(&new.bytes.unwrap()[..], b"second image");
     }
 
     #[test]
@@ -198,7 +234,10 @@ mod tests {
                     dev: 1,
                     ino: i as u64,
                 },
-                bytes: Bytes::from(vec![0u8; 10]),
+                prepared: Prepared {
+                    bytes: Some(Bytes::from(vec![0u8; 10])),
+                    md5: String::new(),
+                },
                 used: [3, 1, 2][i],
             };
             entries.by_path.insert(PathBuf::from(name), held);

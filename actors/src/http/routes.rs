@@ -104,11 +104,12 @@ fn image(req: &HttpRequest, opened: Opened, log: &DeviceLog, head: bool) -> Http
     let Opened {
         body: source,
         image,
+        md5,
     } = opened;
     let etag = format!("\"{}\"", image.sha256);
     let mut record = new_record(req, &image.file_name, &image.sha256);
     let already =
-        header_str(req, "x-esp32-sketch-md5").is_some_and(|m| m.eq_ignore_ascii_case(&image.md5));
+        header_str(req, "x-esp32-sketch-md5").is_some_and(|m| m.eq_ignore_ascii_case(&md5));
     if already || none_match(req, &etag) {
         record.status = 304;
         record.completed = true;
@@ -138,7 +139,7 @@ fn image(req: &HttpRequest, opened: Opened, log: &DeviceLog, head: bool) -> Http
                 .finish();
         }
     };
-    image_headers(&mut res, &etag, &image.md5, &image.sha256);
+    image_headers(&mut res, &etag, &md5, &image.sha256);
     record.bytes_expected = count;
     if head {
         record.bytes_expected = 0;

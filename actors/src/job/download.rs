@@ -19,17 +19,17 @@ use tracing::{info, warn};
 
 use super::locks::Slot;
 use super::progress::meter;
-use super::verify::crc_to_compute;
+use super::verify::checks_to_compute;
 use super::{Failure, Runner, write_failure, writer_gone};
 use crate::durable::free_space_of;
 use crate::firmware::FirmwareJob;
-use crate::hashes::{Crc, Hashes};
+use crate::hashes::{Checks, Hashes};
 use crate::journal::{JobRecord, JobState};
 use crate::messages::{ByteStream, TransferError};
 use crate::s3_response::{ObjectFacts, RangeAnswer, range_answer};
 use crate::staging::staging_path;
 use crate::status::{Reason, State};
-use crate::writer::{Append, Appended, WriteError};
+use crate::writer::{self, Append, Appended, ChunkSender, WriteError};
 
 /// The object as the bucket described it: its metadata, and what the
 /// response headers add.
@@ -306,7 +306,7 @@ impl<'a> Download<'a> {
         let size = object.meta.size;
         // Decided before the body streams: a GET may add a checksum its HEAD
         // did not show.
-        let crc = crc_to_compute(&self.job.expect, &object.facts);
+        let checks = checks_to_compute(&self.job.expect, &object.meta, &object.facts);
         if from == 0 {
             let job = self.job;
             let status = &self.runner.status;
@@ -320,7 +320,7 @@ impl<'a> Download<'a> {
             info!(bytes = size, "downloading");
         }
         let body = meter(got.into_stream(), self.runner.meter(self.job, from, size));
-        let done = self.append(from, size, crc, body).await?;
+        let done = self.append(from, size, checks, body).await?;
         Ok((done, object))
     }
 
@@ -343,8 +343,8 @@ impl<'a> Download<'a> {
     /// digests are missing.
     async fn finish_staged(&mut self, object: Object) -> Tried<(Appended, Object)> {
         let size = object.meta.size;
-        let crc = crc_to_compute(&self.job.expect, &object.facts);
-        let done = self.append(size, size, crc, stream::empty().boxed());
+        let checks = checks_to_compute(&self.job.expect, &object.meta, &object.facts);
+        let done = self.append(size, size, checks, stream::empty().boxed());
         match done.await {
             Ok(done) => Ok((done, object)),
             Err(Attempt::Cut(..)) if size > 0 => {
@@ -541,24 +541,33 @@ impl<'a> Download<'a> {
     }
 
     /// Streams `body` into the staging file after its first `from` bytes,
-    /// computing `crc` besides the SHA-256 and MD5.
+    /// computing `checks` besides the SHA-256.
     async fn append(
         &mut self,
         from: u64,
         size: u64,
-        crc: Option<Crc>,
+        checks: Checks,
         body: ByteStream,
     ) -> Tried<Appended> {
+        let (tx, chunks) = writer::chunks(self.runner.policy.write_chunks);
         let append = Append {
             image: self.job.disk_path.clone(),
             offset: from,
             hashes: self.hashes.take(),
-            crc,
-            body,
+            checks,
+            chunks,
             total: size,
             span: tracing::Span::current(),
         };
-        let sent = self.runner.append.send(append).await;
+        let (sent, broke) = tokio::join!(self.runner.append.send(append), feed(body, tx));
+        // The body's own error says why the transfer stopped, not the
+        // writer's "the chunks ended early".
+        let sent = match (sent, broke) {
+            (Ok(Err(WriteError::Transfer { progress, .. })), Some(source)) => {
+                Ok(Err(WriteError::Transfer { progress, source }))
+            }
+            (sent, _) => sent,
+        };
         match sent {
             Ok(Ok(done)) if done.written == size => Ok(done),
             Ok(Ok(short)) => {
@@ -606,6 +615,24 @@ impl<'a> Download<'a> {
         };
         Attempt::Cut(cause, source.to_string())
     }
+}
+
+/// Hands `body` to the writer chunk by chunk, as fast as the disk takes
+/// them; the error that broke the body off, if one did.
+async fn feed(mut body: ByteStream, tx: ChunkSender) -> Option<TransferError> {
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                if !tx.send(bytes).await {
+                    // The writer stopped; its error is the one to report.
+                    return None;
+                }
+            }
+            Err(e) => return Some(e),
+        }
+    }
+    tx.end().await;
+    None
 }
 
 fn journal_failure(e: std::io::Error) -> Failure {

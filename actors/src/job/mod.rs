@@ -71,6 +71,8 @@ pub struct Policy {
     pub max_bytes_per_second: u64,
     pub require_signature: bool,
     pub keyring: Arc<Keyring>,
+    /// Chunks in flight between the download and the disk.
+    pub write_chunks: usize,
 }
 
 /// Why a job failed: a reason code for the status message and the detail.
@@ -359,7 +361,11 @@ impl Runner {
             && done.file_name == job.file_name
             && job.expect.size.is_none_or(|s| s == done.bytes)
             && job.expect.sha256.as_ref().is_none_or(|h| *h == done.sha256)
-            && job.expect.md5.as_ref().is_none_or(|h| *h == done.md5);
+            && job
+                .expect
+                .md5
+                .as_ref()
+                .is_none_or(|h| done.md5.as_ref().is_none_or(|d| d == h));
         if !claims_match {
             return Ok(false);
         }

@@ -8,7 +8,7 @@ use tracing::info;
 use super::download::{Miss, fetch_failure};
 use super::{Failure, Runner};
 use crate::firmware::{Expected, FirmwareJob};
-use crate::hashes::{Crc, Digests};
+use crate::hashes::{Checks, Crc, Digests};
 use crate::s3_response::{ObjectFacts, crc_base64, crc_header};
 use crate::signature::parse_signature;
 use crate::staging::open_staged;
@@ -97,14 +97,32 @@ fn digest_vouches(expect: &Expected, facts: &ObjectFacts) -> bool {
     expect.sha256.is_some() || expect.md5.is_some() || facts.sha256.is_some()
 }
 
-/// The object's own CRC a download computes while it stages the bytes:
-/// only when no SHA-256 or MD5 vouches for them, so an ordinary download
-/// pays nothing for it. [`verify`] checks the same one.
-pub(super) fn crc_to_compute(expect: &Expected, facts: &ObjectFacts) -> Option<Crc> {
+/// What a download computes besides the SHA-256 while it stages the bytes:
+/// exactly what [`verify`] checks them against. The object's CRC only when
+/// no SHA-256 or MD5 vouches for them; MD5 when the message gives one, or
+/// when an ETag that is an MD5 is all there is (S3 gives every new object a
+/// CRC-64/NVME, so most downloads skip MD5, the costliest digest).
+pub(super) fn checks_to_compute(
+    expect: &Expected,
+    meta: &ObjectMeta,
+    facts: &ObjectFacts,
+) -> Checks {
     if digest_vouches(expect, facts) {
-        return None;
+        return Checks {
+            md5: expect.md5.is_some(),
+            crc: None,
+        };
     }
-    facts.crc().map(|(crc, _)| crc)
+    let crc = facts.crc().map(|(crc, _)| crc);
+    Checks {
+        md5: crc.is_none() && etag_checks(meta, facts).is_some(),
+        crc,
+    }
+}
+
+/// The ETag as an MD5 to check, when it can be one.
+fn etag_checks(meta: &ObjectMeta, facts: &ObjectFacts) -> Option<String> {
+    plain_md5_etag(meta.e_tag.as_deref()).filter(|_| facts.etag_may_be_md5())
 }
 
 /// Size is checked by the writer; here the content, by the most trusted
@@ -117,16 +135,17 @@ pub(super) fn verify(
     facts: &ObjectFacts,
     digests: &Digests,
 ) -> Result<(), Failure> {
-    let (sha256, md5) = (digests.sha256.as_str(), digests.md5.as_str());
+    let sha256 = digests.sha256.as_str();
     if let Some(want) = &expect.sha256
         && want != sha256
     {
         return Err(mismatch("sha256", want, sha256));
     }
-    if let Some(want) = &expect.md5
-        && want != md5
-    {
-        return Err(mismatch("md5", want, md5));
+    if let Some(want) = &expect.md5 {
+        let md5 = computed_md5(digests)?;
+        if want != md5 {
+            return Err(mismatch("md5", want, md5));
+        }
     }
     if let Some(want) = &facts.sha256
         && want != sha256
@@ -140,21 +159,33 @@ pub(super) fn verify(
     if let Some((crc, want)) = facts.crc() {
         return check_crc(crc, want, digests.crc);
     }
-    match plain_md5_etag(meta.e_tag.as_deref()) {
-        Some(etag) if facts.etag_may_be_md5() => {
+    match etag_checks(meta, facts) {
+        Some(etag) => {
+            let md5 = computed_md5(digests)?;
             if etag != md5 {
                 return Err(mismatch("md5", &format!("{etag} (the object's ETag)"), md5));
             }
         }
-        etag => info!(
+        None => info!(
             etag_is_md5 = false,
             encryption = facts.encryption.as_deref().unwrap_or("none"),
             unverifiable = ?facts.unverifiable,
-            multipart = etag.is_none(),
+            multipart = plain_md5_etag(meta.e_tag.as_deref()).is_none(),
             "no checksum to check the image against: the message has none, and the object's ETag is not an MD5; only the size was checked"
         ),
     }
     Ok(())
+}
+
+/// The MD5 the download computed ([`checks_to_compute`] asks for it
+/// wherever `verify` needs it: without it, a bug, never "verified").
+fn computed_md5(digests: &Digests) -> Result<&str, Failure> {
+    digests.md5.as_deref().ok_or_else(|| {
+        Failure::new(
+            Reason::Internal,
+            "the check needs the image's MD5, but the download did not compute it",
+        )
+    })
 }
 
 fn mismatch(what: &str, want: &str, got: &str) -> Failure {
@@ -169,7 +200,7 @@ fn mismatch(what: &str, want: &str, got: &str) -> Failure {
 fn check_crc(crc: Crc, want: u64, got: Option<(Crc, u64)>) -> Result<(), Failure> {
     let header = crc_header(crc);
     let Some((_, got)) = got.filter(|(computed, _)| *computed == crc) else {
-        // The download computes the CRC `verify` asks for (`crc_to_compute`):
+        // The download computes the CRC `verify` asks for (`checks_to_compute`):
         // this is a bug, and never passes as verified.
         return Err(Failure::new(
             Reason::Internal,
@@ -228,7 +259,7 @@ mod tests {
     fn digests(crc: Option<(Crc, u64)>) -> Digests {
         Digests {
             sha256: "5a".repeat(32),
-            md5: "5eb63bbbe01eeed093cb22bb8f5acdc3".into(),
+            md5: Some("5eb63bbbe01eeed093cb22bb8f5acdc3".into()),
             crc,
         }
     }
@@ -243,29 +274,69 @@ mod tests {
 
     #[test]
     fn a_crc_is_computed_only_when_no_digest_vouches_for_the_bytes() {
+        let crc_of = |expect: &Expected, facts: &ObjectFacts| {
+            checks_to_compute(expect, &meta(None), facts).crc
+        };
         let none = Expected::default();
-        assert_eq!(crc_to_compute(&none, &crc64(CRC64)), Some(Crc::Crc64Nvme));
+        assert_eq!(crc_of(&none, &crc64(CRC64)), Some(Crc::Crc64Nvme));
         let only_crc32c = ObjectFacts {
             crc32c: Some(1),
             ..ObjectFacts::default()
         };
-        assert_eq!(crc_to_compute(&none, &only_crc32c), Some(Crc::Crc32c));
-        assert_eq!(crc_to_compute(&none, &ObjectFacts::default()), None);
+        assert_eq!(crc_of(&none, &only_crc32c), Some(Crc::Crc32c));
+        assert_eq!(crc_of(&none, &ObjectFacts::default()), None);
         let sha = Expected {
             sha256: Some("5a".repeat(32)),
             ..Expected::default()
         };
-        assert_eq!(crc_to_compute(&sha, &crc64(CRC64)), None);
+        assert_eq!(crc_of(&sha, &crc64(CRC64)), None);
         let md5 = Expected {
             md5: Some("5eb63bbbe01eeed093cb22bb8f5acdc3".into()),
             ..Expected::default()
         };
-        assert_eq!(crc_to_compute(&md5, &crc64(CRC64)), None);
+        assert_eq!(crc_of(&md5, &crc64(CRC64)), None);
         let s3_sha = ObjectFacts {
             sha256: Some("5a".repeat(32)),
             ..crc64(CRC64)
         };
-        assert_eq!(crc_to_compute(&none, &s3_sha), None);
+        assert_eq!(crc_of(&none, &s3_sha), None);
+    }
+
+    #[test]
+    fn md5_is_computed_only_where_it_is_the_check() {
+        let md5_of = |expect: &Expected, etag: Option<&str>, facts: &ObjectFacts| {
+            checks_to_compute(expect, &meta(etag), facts).md5
+        };
+        let none = Expected::default();
+        let etag = Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3\"");
+        // The ETag is all there is: MD5.
+        assert!(md5_of(&none, etag, &ObjectFacts::default()));
+        // A CRC (S3's default for new objects) or a SHA-256 checks instead.
+        assert!(!md5_of(&none, etag, &crc64(CRC64)));
+        let sha = Expected {
+            sha256: Some("5a".repeat(32)),
+            ..Expected::default()
+        };
+        assert!(!md5_of(&sha, etag, &ObjectFacts::default()));
+        // A multipart ETag is no MD5; nothing to check it with.
+        assert!(!md5_of(
+            &none,
+            Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3-2\""),
+            &ObjectFacts::default()
+        ));
+        // The message's own MD5 is always checked, whatever else vouches.
+        let md5 = Expected {
+            md5: Some("5eb63bbbe01eeed093cb22bb8f5acdc3".into()),
+            ..Expected::default()
+        };
+        assert!(md5_of(&md5, None, &crc64(CRC64)));
+        // And verify never passes an MD5 check it has no MD5 for.
+        let without = Digests {
+            md5: None,
+            ..digests(None)
+        };
+        let err = verify(&none, &meta(etag), &ObjectFacts::default(), &without).unwrap_err();
+        assert_eq!(err.reason, Reason::Internal);
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! zero-copy slices of [`BODY_CHUNK`], so the server costs a fraction of what
 //! the client does and a benchmark sees the client. SigV4 stays on (the same
 //! [`SimpleAuth`] as the tests' server), and the operations a download uses
-//! behave as S3's do: GET and HEAD with the MD5 ETag, Range (a `206` with its
-//! `Content-Range`, a `416` past the end), PUT, and bucket creation.
+//! behave as S3's do: GET and HEAD with the MD5 ETag and, when the request
+//! asks (`x-amz-checksum-mode: ENABLED`), the full-object CRC-64/NVME that S3
+//! gives every object uploaded without a checksum of its own; Range (a
+//! `206` with its `Content-Range`, a `416` past the end), PUT, and bucket
+//! creation.
 
 use std::collections::HashMap;
 use std::fs;
@@ -26,9 +29,9 @@ use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use md5::{Digest as _, Md5};
 use s3s::auth::SimpleAuth;
 use s3s::dto::{
-    CreateBucketInput, CreateBucketOutput, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput,
-    HeadBucketOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput, PutObjectOutput,
-    StreamingBlob, Timestamp,
+    ChecksumMode, ChecksumType, CreateBucketInput, CreateBucketOutput, ETag, GetObjectInput,
+    GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput, HeadObjectOutput,
+    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
 };
 use s3s::service::S3ServiceBuilder;
 use s3s::stream::{ByteStream, RemainingLength};
@@ -49,16 +52,38 @@ struct Object {
     /// The bare hex MD5, served as a quoted strong ETag (as S3 does for a
     /// single-part upload).
     md5_hex: String,
+    /// Base64 of the big-endian CRC-64/NVME, as S3 writes it.
+    crc64nvme: String,
     last_modified: SystemTime,
 }
 
 impl Object {
     fn new(data: Bytes) -> Object {
+        use base64::Engine as _;
         let md5_hex = to_hex(&Md5::digest(&data));
+        let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &data);
         Object {
             data,
             md5_hex,
+            crc64nvme: base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes()),
             last_modified: SystemTime::now(),
+        }
+    }
+
+    /// The object's checksum and its type, when the request asked for
+    /// checksums and reads the whole object (S3 sends no full-object
+    /// checksum with a range).
+    fn checksum(
+        &self,
+        mode: Option<&ChecksumMode>,
+        whole: bool,
+    ) -> (Option<String>, Option<ChecksumType>) {
+        let asked = mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        if asked && whole {
+            let kind = ChecksumType::from_static(ChecksumType::FULL_OBJECT);
+            (Some(self.crc64nvme.clone()), Some(kind))
+        } else {
+            (None, None)
         }
     }
 }
@@ -183,7 +208,11 @@ impl S3 for MemoryS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let object = self.store.get(&req.input.bucket, &req.input.key)?;
+        let (checksum_crc64nvme, checksum_type) =
+            object.checksum(req.input.checksum_mode.as_ref(), true);
         Ok(S3Response::new(HeadObjectOutput {
+            checksum_crc64nvme,
+            checksum_type,
             content_length: Some(length(object.data.len())?),
             e_tag: Some(ETag::Strong(object.md5_hex.clone())),
             last_modified: Some(last_modified(&object)),
@@ -198,6 +227,8 @@ impl S3 for MemoryS3 {
         let input = req.input;
         let object = self.store.get(&input.bucket, &input.key)?;
         let full = object.data.len() as u64;
+        let (checksum_crc64nvme, checksum_type) =
+            object.checksum(input.checksum_mode.as_ref(), input.range.is_none());
         let (body, content_range) = match input.range {
             None => (object.data.clone(), None),
             Some(range) => {
@@ -211,6 +242,8 @@ impl S3 for MemoryS3 {
             }
         };
         Ok(S3Response::new(GetObjectOutput {
+            checksum_crc64nvme,
+            checksum_type,
             content_length: Some(length(body.len())?),
             content_range,
             e_tag: Some(ETag::Strong(object.md5_hex.clone())),
