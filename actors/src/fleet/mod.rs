@@ -1,0 +1,407 @@
+//! The fleet view: which Data Gator runs what, and how each image's rollout
+//! goes.
+//!
+//! The [`FleetActor`] keeps the [`registry::Registry`], fed from two sides:
+//! the Data Gators' own MQTT messages (routed here by message type, see
+//! [`crate::router`]; parsed in [`device`]) and the firmware server's record
+//! of each image request ([`Served`], from [`crate::http::device_log`]). It
+//! saves the registry to `<state>/fleet.json` atomically on a blocking
+//! thread, at most once a second, and answers [`GetReport`] with the
+//! [`report::StatusReport`] that `/status.json`, `/metrics`, `/healthz`, the
+//! status page ([`page`]) and the `fleet_status` message are made from.
+
+pub mod device;
+pub mod page;
+pub mod prometheus;
+pub mod registry;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::fut::wrap_future;
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+};
+use gator_ota_settings::{FLEET_STATUS, Fleet};
+use paho_mqtt as paho;
+use tracing::{debug, error, info, warn};
+
+use crate::durable::{free_space, write_atomic};
+use crate::http::device_log::DeviceRecord;
+use crate::journal::Journal;
+use crate::messages::{Envelope, Publish};
+use crate::metrics::Metrics;
+use device::Mac;
+use registry::{Judgement, Registry};
+use report::{CarrierState, Health, StatusReport, Target};
+
+/// The registry's file in the state folder.
+pub const FLEET_FILE: &str = "fleet.json";
+
+/// Envelopes and records waiting for the actor; the router waits when it is
+/// full, the firmware server drops a record (with a warning).
+const MAILBOX: usize = 1024;
+
+/// How often the registry is saved (when it changed), pointers are looked
+/// up again and a `fleet_status` is considered.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The firmware server's record of one image request.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Served(pub DeviceRecord);
+
+/// Writes what changed since the last save, and answers once it is on
+/// disk: the service's stop waits for it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+/// Asks for the fleet summary as it is now.
+#[derive(Debug, Message)]
+#[rtype(result = "StatusReport")]
+pub struct GetReport;
+
+/// Everything the actor is built from.
+pub struct FleetConfig {
+    pub settings: Fleet,
+    pub system_id: String,
+    pub state_dir: PathBuf,
+    /// The folder whose free space `/healthz` checks, and the reserve.
+    pub data_dir: PathBuf,
+    pub reserve_bytes: u64,
+    /// URL → the pointer file's full path, as the index keys it.
+    pub pointers: Vec<(String, PathBuf)>,
+    pub journal: Arc<Journal>,
+    pub metrics: Arc<Metrics>,
+    /// Each MQTT carrier's client, asked whether it is connected.
+    pub carriers: Vec<(String, paho::AsyncClient)>,
+    /// Where `fleet_status` goes; `None` when no send address carries it.
+    pub egress: Option<Recipient<Publish>>,
+}
+
+pub struct FleetActor {
+    cfg: FleetConfig,
+    registry: Registry,
+    judgement: Judgement,
+    targets: Vec<Target>,
+    free_bytes: Option<u64>,
+    /// Changed since the last save.
+    dirty: bool,
+    saving: bool,
+    last_sent: Option<Instant>,
+    last_fingerprint: String,
+}
+
+impl FleetActor {
+    /// Reads the registry a previous run saved. Blocking; called at
+    /// start-up. A file that does not read is set aside, not lost.
+    pub fn load(cfg: FleetConfig) -> Self {
+        let registry = load_registry(&cfg.state_dir, cfg.settings.max_devices);
+        let judgement = judgement(&cfg.settings);
+        Self {
+            cfg,
+            registry,
+            judgement,
+            targets: Vec::new(),
+            free_bytes: None,
+            dirty: false,
+            saving: false,
+            last_sent: None,
+            last_fingerprint: String::new(),
+        }
+    }
+
+    fn report(&self) -> StatusReport {
+        report::build(report::Input {
+            system_id: &self.cfg.system_id,
+            source: "service",
+            registry: &self.registry,
+            targets: &self.targets,
+            now_ms: report::now_ms(),
+            judgement: self.judgement,
+            carriers: self.carrier_states(),
+            health: Some(self.health()),
+            jobs: self.cfg.metrics.recent(),
+        })
+    }
+
+    fn carrier_states(&self) -> Vec<CarrierState> {
+        self.cfg
+            .carriers
+            .iter()
+            .map(|(name, c)| CarrierState {
+                name: name.clone(),
+                connected: c.is_connected(),
+            })
+            .collect()
+    }
+
+    /// Healthy: every broker connected, free space over the reserve, no job
+    /// running longer than `fleet.stuck_job`.
+    fn health(&self) -> Health {
+        let mut problems = Vec::new();
+        for c in self.carrier_states().iter().filter(|c| !c.connected) {
+            problems.push(format!("MQTT carrier {} is not connected", c.name));
+        }
+        let reserve = self.cfg.reserve_bytes;
+        match self.free_bytes {
+            Some(free) if free <= reserve => problems.push(format!(
+                "{free} bytes free in {}, not over jobs.reserve_bytes ({reserve})",
+                self.cfg.data_dir.display()
+            )),
+            Some(_) => {}
+            None => problems.push("free space not known yet".into()),
+        }
+        let (running, oldest) = self.cfg.metrics.running();
+        if running > 0 && oldest > self.cfg.settings.stuck_job {
+            problems.push(format!(
+                "a firmware job has run for {}s, longer than fleet.stuck_job",
+                oldest.as_secs()
+            ));
+        }
+        Health {
+            ok: problems.is_empty(),
+            problems,
+            free_bytes: self.free_bytes,
+            reserve_bytes: reserve,
+            running_jobs: running,
+            oldest_job_seconds: oldest.as_secs(),
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.save(ctx);
+        self.refresh(ctx);
+        self.maybe_publish();
+    }
+
+    /// Writes the registry when it changed, off the arbiter thread; one
+    /// write at a time, the next tick takes what came meanwhile.
+    fn save(&mut self, ctx: &mut Context<Self>) {
+        if !self.dirty || self.saving {
+            return;
+        }
+        self.dirty = false;
+        self.saving = true;
+        let bytes = self.registry.to_json();
+        let path = self.cfg.state_dir.join(FLEET_FILE);
+        let write = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes));
+        ctx.spawn(wrap_future::<_, Self>(write).map(|res, act, _| {
+            act.saving = false;
+            let res = res.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = res {
+                error!(error = %e, file = FLEET_FILE, "cannot save the device registry; it is tried again");
+                act.dirty = true;
+            }
+        }));
+    }
+
+    /// Looks up what each pointer names and the free space, off the arbiter.
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
+        let journal = self.cfg.journal.clone();
+        let pointers = self.cfg.pointers.clone();
+        let dir = self.cfg.data_dir.clone();
+        let lookup = async move {
+            let mut targets = Vec::new();
+            for (url, file) in pointers {
+                let image = journal.pointer_at(&file).await.map(|p| p.file_name);
+                targets.push(Target { url, image });
+            }
+            let free = tokio::task::spawn_blocking(move || free_space(&dir))
+                .await
+                .ok()
+                .and_then(Result::ok);
+            (targets, free)
+        };
+        ctx.spawn(
+            wrap_future::<_, Self>(lookup).map(|(targets, free), act, _| {
+                act.targets = targets;
+                act.free_bytes = free;
+            }),
+        );
+    }
+
+    /// A `fleet_status` when something changed (at most once per
+    /// `status_min_interval`) or when `status_interval` has passed.
+    fn maybe_publish(&mut self) {
+        let Some(egress) = &self.cfg.egress else {
+            return;
+        };
+        let s = &self.cfg.settings;
+        let since = self.last_sent.map(|t| t.elapsed());
+        if since.is_some_and(|e| e < s.status_min_interval) {
+            return;
+        }
+        let report = self.report();
+        let fingerprint = report.fingerprint();
+        let changed = fingerprint != self.last_fingerprint;
+        if !changed && since.is_some_and(|e| e < s.status_interval) {
+            return;
+        }
+        let publish = Publish {
+            msg_id: FLEET_STATUS.into(),
+            message_type: FLEET_STATUS.into(),
+            content: report.fleet_status(),
+            durable: false,
+        };
+        match egress.try_send(publish) {
+            Ok(()) => {
+                self.last_sent = Some(Instant::now());
+                self.last_fingerprint = fingerprint;
+            }
+            Err(e) => debug!(error = %e, "fleet_status not sent now; tried again at the next tick"),
+        }
+    }
+}
+
+fn judgement(s: &Fleet) -> Judgement {
+    Judgement {
+        boot_grace_ms: i64::try_from(s.boot_grace.as_millis()).unwrap_or(i64::MAX),
+        max_errors: s.max_errors,
+    }
+}
+
+/// The saved registry, or an empty one; a file that does not read is kept
+/// beside as `fleet.json.bad` for a look.
+fn load_registry(state_dir: &Path, max_devices: usize) -> Registry {
+    let path = state_dir.join(FLEET_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Registry::new(max_devices),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the device registry; starting empty");
+            return Registry::new(max_devices);
+        }
+    };
+    match Registry::from_json(&bytes, max_devices) {
+        Ok(r) => {
+            info!(devices = r.devices.len(), "device registry loaded");
+            r
+        }
+        Err(e) => {
+            let aside = path.with_extension("json.bad");
+            let _ = std::fs::rename(&path, &aside);
+            warn!(path = %path.display(), error = %e, aside = %aside.display(), "the device registry does not read; set aside, starting empty");
+            Registry::new(max_devices)
+        }
+    }
+}
+
+impl Actor for FleetActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+        self.refresh(ctx);
+        ctx.run_interval(TICK, Self::tick);
+    }
+}
+
+impl Handler<Envelope> for FleetActor {
+    type Result = ();
+
+    /// A Data Gator's message; a malformed one is logged with what is wrong
+    /// and changes nothing.
+    fn handle(&mut self, env: Envelope, _: &mut Context<Self>) {
+        match device::parse(&env.msg_type, &env.topic, &env.msg_content) {
+            Ok((mac, report)) => {
+                debug!(mac = mac.as_str(), msg_type = %env.msg_type, ?report, "device report");
+                let grace = self.judgement.boot_grace_ms;
+                self.registry.report(&mac, report, report::now_ms(), grace);
+                self.dirty = true;
+            }
+            Err(e) => {
+                warn!(topic = %device::clip(&env.topic), msg_type = %env.msg_type, error = %e, "device message ignored")
+            }
+        }
+    }
+}
+
+impl Handler<Served> for FleetActor {
+    type Result = ();
+
+    /// An image request; one without a MAC (not a Data Gator, or an old
+    /// HTTPUpdate) has no device to go to.
+    fn handle(&mut self, Served(rec): Served, _: &mut Context<Self>) {
+        let Some(mac) = rec.mac.as_deref().and_then(Mac::parse) else {
+            debug!(device = %rec.device, "an image request without a usable x-ESP32-STA-MAC; not in the registry");
+            return;
+        };
+        self.registry.served(&mac, &rec, report::now_ms());
+        self.dirty = true;
+    }
+}
+
+impl Handler<Flush> for FleetActor {
+    type Result = actix::ResponseFuture<()>;
+
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
+        let dirty = std::mem::take(&mut self.dirty);
+        let bytes = self.registry.to_json();
+        let path = self.cfg.state_dir.join(FLEET_FILE);
+        Box::pin(async move {
+            if !dirty {
+                return;
+            }
+            let done = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await;
+            if let Ok(Err(e)) | Err(e) = done.map_err(std::io::Error::other) {
+                error!(error = %e, "cannot save the device registry at stop");
+            }
+        })
+    }
+}
+
+impl Handler<GetReport> for FleetActor {
+    type Result = MessageResult<GetReport>;
+
+    fn handle(&mut self, _: GetReport, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.report())
+    }
+}
+
+/// The same report from the files alone, for `gator-ota status` while the
+/// service is down: the saved registry and the pointer files as written.
+/// Blocking.
+pub fn report_from_disk(settings: &gator_ota_settings::Settings) -> StatusReport {
+    let state = settings.system.data_dir.join(crate::paths::STATE_DIR);
+    let registry = load_registry_quietly(&state, settings.fleet.max_devices);
+    let root = settings
+        .allowed_roots()
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let targets: Vec<Target> = settings
+        .http
+        .pointers
+        .iter()
+        .map(|p| Target {
+            url: p.url.clone(),
+            image: std::fs::read_to_string(root.join(&p.file))
+                .ok()
+                .filter(|s| !s.is_empty() && s.len() <= 255),
+        })
+        .collect();
+    report::build(report::Input {
+        system_id: &settings.system.id,
+        source: "disk",
+        registry: &registry,
+        targets: &targets,
+        now_ms: report::now_ms(),
+        judgement: judgement(&settings.fleet),
+        carriers: Vec::new(),
+        health: None,
+        jobs: Vec::new(),
+    })
+}
+
+/// [`load_registry`] without setting a bad file aside: a reader must not
+/// move the service's files.
+fn load_registry_quietly(state_dir: &Path, max_devices: usize) -> Registry {
+    std::fs::read(state_dir.join(FLEET_FILE))
+        .ok()
+        .and_then(|b| Registry::from_json(&b, max_devices).ok())
+        .unwrap_or_else(|| Registry::new(max_devices))
+}
