@@ -236,6 +236,47 @@ fn gator_ota(args: &[&str], settings: &Path, world: &World) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `/metrics` counts the same: one job, every image served whole, the
+/// devices by version and rollout state, both carriers connected.
+fn check_metrics(http: SocketAddr, n: usize, failing: u64) {
+    let (status, metrics) = text(http, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "gator_ota_jobs_total{outcome=\"INSTALLED\",reason=\"\"} 1".to_string(),
+        format!("gator_ota_images_served_total{{image=\"{IMAGE}\",outcome=\"completed\"}} {n}"),
+        format!(
+            "gator_ota_devices{{version=\"v1.0.1\"}} {}",
+            n as u64 - failing
+        ),
+        format!(
+            "gator_ota_rollout_devices{{pointer=\"/current_version.txt\",image=\"{IMAGE}\",state=\"failed\"}} {failing}"
+        ),
+        "gator_ota_mqtt_connected{carrier=\"local\"} 1".to_string(),
+        "gator_ota_mqtt_connected{carrier=\"mqtt\"} 1".to_string(),
+        "gator_ota_downloaded_bytes_total 204800".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+}
+
+/// The first `fleet_status` on the cloud broker with `report`'s rollout.
+fn fleet_status_like(sub: &Subscriber, report: &Value) -> Value {
+    let mut seen = None;
+    wait_until(DEADLINE, "a fleet_status with the outcome", || {
+        while let Some(m) = sub.recv_json(Duration::from_millis(200)) {
+            if m["images"][0]["states"] == report["images"][0]["states"] {
+                seen = Some(m);
+                return true;
+            }
+        }
+        false
+    });
+    seen.unwrap()
+}
+
 #[test]
 fn fifty_data_gators_take_an_image_and_every_view_agrees() {
     let world = World::new();
@@ -282,68 +323,54 @@ fn fifty_data_gators_take_an_image_and_every_view_agrees() {
     assert_eq!(report["health"]["ok"], true, "{report}");
     assert_eq!(text(http, "/healthz").0, 200);
 
-    let (status, metrics) = text(http, "/metrics");
-    assert_eq!(status, 200);
-    for line in [
-        "gator_ota_jobs_total{outcome=\"INSTALLED\",reason=\"\"} 1".to_string(),
-        format!("gator_ota_images_served_total{{image=\"{IMAGE}\",outcome=\"completed\"}} {n}"),
-        format!(
-            "gator_ota_devices{{version=\"v1.0.1\"}} {}",
-            n as u64 - failing
-        ),
-        format!(
-            "gator_ota_rollout_devices{{pointer=\"/current_version.txt\",image=\"{IMAGE}\",state=\"failed\"}} {failing}"
-        ),
-        "gator_ota_mqtt_connected{carrier=\"local\"} 1".to_string(),
-        "gator_ota_mqtt_connected{carrier=\"mqtt\"} 1".to_string(),
-        "gator_ota_downloaded_bytes_total 204800".to_string(),
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no {line:?} in\n{metrics}"
-        );
-    }
-
-    // fleet_status reached the cloud with the same summary.
-    let mut seen = None;
-    wait_until(DEADLINE, "a fleet_status with the outcome", || {
-        while let Some(m) = fleet_status.recv_json(Duration::from_millis(200)) {
-            if m["images"][0]["states"] == report["images"][0]["states"] {
-                seen = Some(m);
-                return true;
-            }
-        }
-        false
-    });
-    let seen = seen.unwrap();
+    check_metrics(http, n, failing);
+    let seen = fleet_status_like(&fleet_status, &report);
     assert_eq!(seen["id"], SYSTEM_ID);
     assert_eq!(seen["devices"].as_array().unwrap().len(), n);
 
-    // The registry outlives the service: from the disk while it is down,
-    // and the same again after a restart.
     gw.terminate();
-    let offline = gator_ota(&["status"], &settings, &world);
+    registry_outlives_the_service(&world, &settings, &report, &devices[bad - 1].mac);
+}
+
+/// While the service is down `gator-ota status` reads its files; started
+/// again, it has every device back.
+fn registry_outlives_the_service(world: &World, settings: &Path, report: &Value, failed_mac: &str) {
+    let n = report["devices"].as_array().unwrap().len();
+    let confirmed = states(report)["confirmed"];
+    let offline = gator_ota(&["status"], settings, world);
     assert!(offline.contains("from the files on disk"), "{offline}");
     assert!(
-        offline.contains(&format!("{} of {n} confirmed", n as u64 - failing)),
+        offline.contains(&format!("{confirmed} of {n} confirmed")),
         "{offline}"
     );
-    let failed_mac = &devices[bad - 1].mac;
-    let line = offline
-        .lines()
-        .find(|l| l.starts_with(failed_mac.as_str()))
-        .unwrap();
+    let line = offline.lines().find(|l| l.starts_with(failed_mac)).unwrap();
     assert!(line.contains("failed") && line.contains("v1.0.0"), "{line}");
 
-    let gw = start_gateway(&world, &settings);
+    let gw = start_gateway(world, settings);
     let http = gw.http_addr();
     let mut again = Value::Null;
     wait_until(DEADLINE, "the same rollout after the restart", || {
         again = status_json(http);
-        states(&again) == states(&report)
+        states(&again) == states(report)
     });
-    assert_eq!(again["devices"].as_array().unwrap().len(), n);
-    let online = gator_ota(&["status", "--url", &http.to_string()], &settings, &world);
+    let summary = |r: &Value| -> Vec<(Value, Value, Value)> {
+        let mut d: Vec<_> = r["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["mac"].clone(),
+                    d["version"].clone(),
+                    d["served"][0]["completed"].clone(),
+                )
+            })
+            .collect();
+        d.sort_by_key(|t| t.0.to_string());
+        d
+    };
+    assert_eq!(summary(&again), summary(report));
+    let online = gator_ota(&["status", "--url", &http.to_string()], settings, world);
     assert!(
         online.contains("from the running service") && online.contains("health: ok"),
         "{online}"

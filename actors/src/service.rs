@@ -107,19 +107,13 @@ impl Service {
         let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
         let journal = Arc::new(journal);
         let fleet = start_fleet(&plan, &links, &fanout, &journal, &metrics, &confinement);
-        let fleet_links = FleetLinks {
-            tap: Tap {
-                metrics: metrics.clone(),
-                fleet: fleet.clone().map(Addr::recipient),
-            },
-            reports: fleet.clone().map(Addr::recipient),
-        };
-        let http = FirmwareServer::start(
-            &settings.http,
+        let http = start_http(
+            &plan,
             &confinement,
-            journal.clone(),
+            &journal,
             &state,
-            fleet_links,
+            metrics,
+            fleet.as_ref(),
         )?;
         let mut inboxes = Vec::new();
         for link in &links {
@@ -236,6 +230,33 @@ fn start_link<'p>(plan: &Plan, p: &'p MqttPlan, state: &Path) -> Result<Link<'p>
         client,
         egress: MqttEgress::new(cfg).start(),
     })
+}
+
+/// The firmware server, telling the counters and the device registry of
+/// every image request and asking the registry for the fleet's endpoints.
+fn start_http(
+    plan: &Plan,
+    confinement: &Confinement,
+    journal: &Arc<Journal>,
+    state: &Path,
+    metrics: Arc<Metrics>,
+    fleet: Option<&Addr<FleetActor>>,
+) -> Result<Option<FirmwareServer>, StartError> {
+    let links = FleetLinks {
+        tap: Tap {
+            metrics,
+            fleet: fleet.map(|f| f.clone().recipient()),
+        },
+        reports: fleet.map(|f| f.clone().recipient()),
+    };
+    let http = &plan.settings.http;
+    Ok(FirmwareServer::start(
+        http,
+        confinement,
+        journal.clone(),
+        state,
+        links,
+    )?)
 }
 
 /// The device registry, when `fleet.enabled`: its saved state is read here

@@ -22,6 +22,9 @@ pub const DATAGATOR_TLM: &str = "datagator_tlm";
 /// The gateway's summary of its fleet, for the cloud.
 pub const FLEET_STATUS: &str = "fleet_status";
 
+/// The firmware server's paths for the fleet view; no pointer may take one.
+pub const FLEET_PATHS: [&str; 4] = ["/", "/status.json", "/healthz", "/metrics"];
+
 /// The message types the registry is fed with.
 pub const DEVICE_MESSAGE_TYPES: [&str; 3] = [DATAGATOR_OTA_STATUS, DATAGATOR_OTA, DATAGATOR_TLM];
 
@@ -52,7 +55,20 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub(crate) fn validate(&self) -> Result<(), E> {
+    pub(crate) fn validate(&self, http: &crate::Http) -> Result<(), E> {
+        if self.enabled
+            && let Some((i, p)) = http
+                .pointers
+                .iter()
+                .enumerate()
+                .find(|(_, p)| FLEET_PATHS.contains(&p.url.as_str()))
+        {
+            return Err(E::invalid(
+                format!("http.pointers[{i}].url"),
+                format!("{:?} is where the fleet view answers", p.url),
+                "publish the pointer at another path, e.g. \"/current_version.txt\"",
+            ));
+        }
         if self.max_devices == 0 || self.max_devices > 100_000 {
             return Err(E::invalid(
                 "fleet.max_devices",
@@ -119,6 +135,21 @@ mod tests {
             assert!(received, "no receive address carries {t}");
         }
         assert!(s.messages.contains_key(super::FLEET_STATUS));
+    }
+
+    #[test]
+    fn no_pointer_takes_a_fleet_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        let toml = "[http]\npointers = [{ url = \"/metrics\", file = \"p\" }]\n";
+        std::fs::write(&file, toml).unwrap();
+        match load_with_env(Some(&file), &Env::new()) {
+            Err(SettingsError::Invalid { key, .. }) => assert_eq!(key, "http.pointers[0].url"),
+            other => panic!("accepted or another error: {other:?}"),
+        }
+        let off = "[fleet]\nenabled = false\n".to_string() + toml;
+        std::fs::write(&file, off).unwrap();
+        assert!(load_with_env(Some(&file), &Env::new()).is_ok());
     }
 
     #[test]
