@@ -183,5 +183,11 @@ mod tests {
     #[test]
     fn device_text_is_escaped() {
         assert_eq!(esc("<script>\"&'"), "&lt;script&gt;&quot;&amp;&#39;");
+        let page = render(&crate::fleet::report::tests::sample(
+            "<script>alert(1)</script>",
+        ));
+        assert!(!page.contains("<script"), "{page}");
+        assert!(page.contains("&lt;script&gt;alert(1)"), "{page}");
+        assert!(page.contains("1 of 3 devices"), "{page}");
     }
 }

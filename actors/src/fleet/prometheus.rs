@@ -150,6 +150,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_family_is_declared_and_counted() {
+        let m = Metrics::default();
+        m.job_ended(
+            "a",
+            "fw",
+            crate::status::State::Failed,
+            Some(crate::status::Reason::NotFound),
+        );
+        m.image_served(
+            "datagator_v1.0.1.bin",
+            crate::metrics::ServedOutcome::Completed,
+            10,
+        );
+        let text = render(&crate::fleet::report::tests::sample("e"), &m);
+        for line in [
+            "gator_ota_jobs_total{outcome=\"FAILED\",reason=\"NOT_FOUND\"} 1",
+            "gator_ota_images_served_total{image=\"datagator_v1.0.1.bin\",outcome=\"completed\"} 1",
+            "gator_ota_devices{version=\"v1.0.1\"} 1",
+            "gator_ota_rollout_devices{pointer=\"/current_version.txt\",image=\"datagator_v1.0.1.bin\",state=\"downloading\"} 1",
+            "gator_ota_mqtt_connected{carrier=\"local\"} 1",
+            "gator_ota_served_bytes_total 10",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} has no TYPE"
+            );
+        }
+    }
+
+    #[test]
     fn labels_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }

@@ -352,3 +352,93 @@ impl StatusReport {
         t
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::fleet::device::{Mac, Report};
+
+    const J: Judgement = Judgement {
+        boot_grace_ms: 1000,
+        max_errors: 3,
+    };
+
+    /// Three devices: one on the image's version, one updating, one whose
+    /// last error is `error`.
+    pub(crate) fn sample(error: &str) -> StatusReport {
+        let mut r = Registry::new(10);
+        let v = |s: &str| Version::parse(s);
+        let mac = |n: u8| Mac::parse(&format!("24:6F:28:00:00:{n:02X}")).unwrap();
+        r.report(
+            &mac(1),
+            Report::Telemetry {
+                version: v("V1.0.1"),
+            },
+            100,
+            1000,
+        );
+        r.report(&mac(2), Report::Started, 200, 1000);
+        r.report(
+            &mac(3),
+            Report::Error {
+                detail: error.into(),
+            },
+            300,
+            1000,
+        );
+        let targets = [Target {
+            url: "/current_version.txt".into(),
+            image: Some("datagator_v1.0.1.bin".into()),
+        }];
+        build(Input {
+            system_id: "gw",
+            source: "service",
+            registry: &r,
+            targets: &targets,
+            now_ms: 400,
+            judgement: J,
+            carriers: vec![CarrierState {
+                name: "local".into(),
+                connected: true,
+            }],
+            health: None,
+            jobs: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn each_device_counts_once_in_its_state() {
+        let r = sample("boom");
+        let states = &r.images[0].states;
+        assert_eq!(r.images[0].version.as_deref(), Some("v1.0.1"));
+        assert_eq!(
+            (
+                states["confirmed"],
+                states["downloading"],
+                states["pending"]
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(states.values().sum::<usize>(), 3);
+        assert_eq!(r.versions["v1.0.1"], 1);
+        assert_eq!(r.versions["unknown"], 2);
+        assert_eq!(r.devices[0].mac, "24:6F:28:00:00:03", "newest first");
+        assert_eq!(r.devices[0].last_error.as_deref(), Some("boom"));
+        let text = r.to_text();
+        assert!(text.contains("1 of 3 confirmed"), "{text}");
+        assert!(text.contains("24:6F:28:00:00:03"), "{text}");
+        let back: StatusReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_pointer_without_a_versioned_image_counts_no_state() {
+        let t = Target {
+            url: "/p".into(),
+            image: Some("firmware.bin".into()),
+        };
+        let r = rollout(&t, &Registry::new(1), 0, J);
+        assert_eq!(r.version, None);
+        assert!(r.states.values().all(|n| *n == 0));
+    }
+}
