@@ -29,7 +29,9 @@ use paho_mqtt as paho;
 use tracing::{debug, error, info, warn};
 
 use crate::durable::{free_space, write_atomic};
-use crate::http::device_log::DeviceRecord;
+use std::io::Read;
+
+use crate::http::device_log::{DEVICE_LOG, DeviceRecord};
 use crate::journal::Journal;
 use crate::messages::{Envelope, Publish};
 use crate::metrics::Metrics;
@@ -232,13 +234,12 @@ impl FleetActor {
         };
         let s = &self.cfg.settings;
         let since = self.last_sent.map(|t| t.elapsed());
-        if since.is_some_and(|e| e < s.status_min_interval) {
+        if !may_send(since, s) {
             return;
         }
         let report = self.report();
         let fingerprint = report.fingerprint();
-        let changed = fingerprint != self.last_fingerprint;
-        if !changed && since.is_some_and(|e| e < s.status_interval) {
+        if !must_send(since, fingerprint != self.last_fingerprint, s) {
             return;
         }
         let publish = Publish {
@@ -257,6 +258,16 @@ impl FleetActor {
     }
 }
 
+/// Not within `status_min_interval` of the last `fleet_status`.
+fn may_send(since_last: Option<Duration>, s: &Fleet) -> bool {
+    since_last.is_none_or(|e| e >= s.status_min_interval)
+}
+
+/// The first one, one for a change, or one because `status_interval` passed.
+fn must_send(since_last: Option<Duration>, changed: bool, s: &Fleet) -> bool {
+    changed || since_last.is_none_or(|e| e >= s.status_interval)
+}
+
 fn judgement(s: &Fleet) -> Judgement {
     Judgement {
         boot_grace_ms: i64::try_from(s.boot_grace.as_millis()).unwrap_or(i64::MAX),
@@ -270,7 +281,9 @@ fn load_registry(state_dir: &Path, max_devices: usize) -> Registry {
     let path = state_dir.join(FLEET_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Registry::new(max_devices),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return seeded_from_device_log(state_dir, max_devices);
+        }
         Err(e) => {
             warn!(path = %path.display(), error = %e, "cannot read the device registry; starting empty");
             return Registry::new(max_devices);
@@ -397,6 +410,52 @@ pub fn report_from_disk(settings: &gator_ota_settings::Settings) -> StatusReport
     })
 }
 
+/// A first registry from the firmware server's record (`devices.jsonl.1`,
+/// then `devices.jsonl`): a gateway that served devices before it kept a
+/// registry starts with what they fetched. Lines that do not read are
+/// skipped; at most [`SEED_BYTES`] of each file are read.
+fn seeded_from_device_log(state_dir: &Path, max_devices: usize) -> Registry {
+    use std::io::{BufRead, BufReader};
+    let mut registry = Registry::new(max_devices);
+    let (mut taken, mut skipped) = (0usize, 0usize);
+    for name in [format!("{DEVICE_LOG}.1"), DEVICE_LOG.to_string()] {
+        let Ok(file) = std::fs::File::open(state_dir.join(name)) else {
+            continue;
+        };
+        for line in BufReader::new(file.take(SEED_BYTES)).lines() {
+            let Ok(line) = line else { break };
+            match seed_line(&line) {
+                Some((mac, rec, at)) => {
+                    registry.served(&mac, &rec, at);
+                    taken += 1;
+                }
+                None => skipped += 1,
+            }
+        }
+    }
+    if taken + skipped > 0 {
+        info!(
+            records = taken,
+            skipped,
+            devices = registry.devices.len(),
+            "device registry started from the firmware server's record"
+        );
+    }
+    registry
+}
+
+/// Bytes of each device log file read when seeding the registry.
+const SEED_BYTES: u64 = 64 * 1024 * 1024;
+
+fn seed_line(line: &str) -> Option<(Mac, DeviceRecord, i64)> {
+    let rec: DeviceRecord = serde_json::from_str(line).ok()?;
+    let mac = Mac::parse(rec.mac.as_deref()?)?;
+    let at = chrono::DateTime::parse_from_rfc3339(&rec.time)
+        .ok()?
+        .timestamp_millis();
+    Some((mac, rec, at))
+}
+
 /// [`load_registry`] without setting a bad file aside: a reader must not
 /// move the service's files.
 fn load_registry_quietly(state_dir: &Path, max_devices: usize) -> Registry {
@@ -404,4 +463,67 @@ fn load_registry_quietly(state_dir: &Path, max_devices: usize) -> Registry {
         .ok()
         .and_then(|b| Registry::from_json(&b, max_devices).ok())
         .unwrap_or_else(|| Registry::new(max_devices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(min: u64, every: u64) -> Fleet {
+        let mut s = gator_ota_settings::load_with_env(None, &Default::default())
+            .unwrap()
+            .fleet;
+        s.status_min_interval = Duration::from_secs(min);
+        s.status_interval = Duration::from_secs(every);
+        s
+    }
+
+    #[test]
+    fn fleet_status_is_rate_limited_and_periodic() {
+        let s = fleet(30, 900);
+        let secs = |n| Some(Duration::from_secs(n));
+        assert!(
+            may_send(None, &s) && must_send(None, false, &s),
+            "the first one"
+        );
+        assert!(!may_send(secs(29), &s), "a change within the minimum waits");
+        assert!(may_send(secs(30), &s) && must_send(secs(30), true, &s));
+        assert!(!must_send(secs(899), false, &s), "nothing changed");
+        assert!(must_send(secs(900), false, &s), "periodic");
+    }
+
+    #[test]
+    fn a_first_registry_comes_from_the_firmware_server_s_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |mac: &str, status: u16| {
+            format!(
+                "{{\"time\":\"2026-12-01T10:00:00.000Z\",\"device\":\"{mac}\",\"mac\":\"{mac}\",\"ip\":\"10.0.0.9\",\"user_agent\":\"ESP32-http-Update\",\"image\":\"datagator_v1.0.1.bin\",\"sha256\":\"00\",\"method\":\"GET\",\"range\":null,\"status\":{status},\"bytes_sent\":9,\"bytes_expected\":9,\"completed\":true}}\n"
+            )
+        };
+        let log = line("24:6F:28:00:00:01", 200)
+            + "not json\n"
+            + &line("10.0.0.7", 200)
+            + &line("24:6f:28:00:00:02", 304);
+        std::fs::write(dir.path().join(DEVICE_LOG), log).unwrap();
+        let r = load_registry(dir.path(), 10);
+        let macs: Vec<&String> = r.devices.keys().collect();
+        assert_eq!(macs, ["24:6F:28:00:00:01", "24:6F:28:00:00:02"]);
+        let d = &r.devices["24:6F:28:00:00:01"];
+        assert!(d.served[0].completed);
+        assert_eq!(d.last_seen, 1_796_119_200_000);
+        assert!(
+            !r.devices["24:6F:28:00:00:02"].served[0].completed,
+            "a 304 is no transfer"
+        );
+    }
+
+    #[test]
+    fn a_registry_that_does_not_read_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FLEET_FILE), b"{broken").unwrap();
+        let r = load_registry(dir.path(), 10);
+        assert!(r.devices.is_empty());
+        assert!(dir.path().join("fleet.json.bad").exists());
+        assert!(!dir.path().join(FLEET_FILE).exists());
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use actix::Recipient;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::fleet::Served;
@@ -30,7 +30,7 @@ const BACKLOG: usize = 1024;
 pub const DEVICE_LOG: &str = "devices.jsonl";
 
 /// One image request, as the fleet view reads it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceRecord {
     /// When the request ended (UTC, RFC 3339).
     pub time: String,
