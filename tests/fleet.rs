@@ -329,15 +329,23 @@ fn fifty_data_gators_take_an_image_and_every_view_agrees() {
     assert_eq!(seen["devices"].as_array().unwrap().len(), n);
 
     gw.terminate();
-    registry_outlives_the_service(&world, &settings, &report, &devices[bad - 1].mac);
+    registry_outlives_the_service(&world, &settings, &report, http, &devices[bad - 1].mac);
 }
 
 /// While the service is down `gator-ota status` reads its files; started
 /// again, it has every device back.
-fn registry_outlives_the_service(world: &World, settings: &Path, report: &Value, failed_mac: &str) {
+fn registry_outlives_the_service(
+    world: &World,
+    settings: &Path,
+    report: &Value,
+    gone: SocketAddr,
+    failed_mac: &str,
+) {
     let n = report["devices"].as_array().unwrap().len();
     let confirmed = states(report)["confirmed"];
-    let offline = gator_ota(&["status"], settings, world);
+    // Asked where the stopped service listened (the default address might
+    // be another program's).
+    let offline = gator_ota(&["status", "--url", &gone.to_string()], settings, world);
     assert!(offline.contains("from the files on disk"), "{offline}");
     assert!(
         offline.contains(&format!("{confirmed} of {n} confirmed")),
