@@ -126,11 +126,7 @@ fn devices(h: &mut String, devices: &[DeviceView]) {
             esc(d.ota_state.as_deref().unwrap_or("")),
             esc(&d.last_seen),
             d.errors,
-            esc(d
-                .failure
-                .as_deref()
-                .or(d.last_error.as_deref())
-                .unwrap_or("")),
+            esc(&d.problem()),
         );
     }
     h.push_str("</table></div>");

@@ -79,6 +79,18 @@ pub struct DeviceView {
     pub served: Vec<ServedView>,
 }
 
+impl DeviceView {
+    /// Why it failed and the last error it reported, as one line.
+    pub fn problem(&self) -> String {
+        match (&self.failure, &self.last_error) {
+            (Some(f), Some(e)) => format!("{f}; last error {e}"),
+            (Some(f), None) => f.clone(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusReport {
     pub system_id: String,
@@ -329,10 +341,7 @@ impl StatusReport {
                 d.ota_state.as_deref().unwrap_or("-"),
                 d.last_seen,
                 d.errors,
-                d.failure
-                    .as_deref()
-                    .or(d.last_error.as_deref())
-                    .unwrap_or("")
+                d.problem()
             );
         }
         for j in &self.jobs {
