@@ -476,6 +476,74 @@ fn bad_device_messages_are_logged_and_the_registry_stays_bounded() {
 }
 
 #[test]
+fn healthz_names_a_stuck_job_and_a_disk_below_the_reserve() {
+    use gator_ota_testkit::{Action, Fault, S3Front};
+    let world = World::new();
+    let local = Broker::start();
+    let front = S3Front::start(&world.s3);
+    let key = format!("fw/{IMAGE}");
+    world.s3.put_object(BUCKET, &key, &[0xE9; 1000]);
+    front.add(Fault::get(
+        &key,
+        Action::DelayHeaders(Duration::from_secs(3600)),
+    ));
+    let settings = fleet_settings(&world, &local, "stuck_job = \"1s\"\n");
+    let mut env = world.env();
+    env.push((
+        "GATOR_OTA_SETTINGS".into(),
+        settings.to_str().unwrap().into(),
+    ));
+    env.push((
+        "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT".into(),
+        front.endpoint(),
+    ));
+    env.push((
+        "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__HEADER_TIMEOUT".into(),
+        "1h".into(),
+    ));
+    let gw = Gateway::spawn(env.clone());
+    gw.wait_count("subscribed", 2);
+    let http = gw.http_addr();
+    wait_until(DEADLINE, "/healthz to answer 200", || {
+        text(http, "/healthz").0 == 200
+    });
+
+    // A job whose GET is never answered runs past fleet.stuck_job.
+    world.publish_json(&firmware_image("stuck-1", IMAGE, &key));
+    wait_until(DEADLINE, "/healthz to answer 503", || {
+        text(http, "/healthz").0 == 503
+    });
+    let (_, body) = text(http, "/healthz");
+    assert!(body.contains("longer than fleet.stuck_job"), "{body}");
+    assert!(!body.contains("reserve_bytes ("), "{body}");
+    let (_, metrics) = text(http, "/metrics");
+    assert!(
+        metrics.lines().any(|l| l == "gator_ota_jobs_running 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "gator_ota_healthy 0"),
+        "{metrics}"
+    );
+    drop(gw);
+
+    // More space asked to be kept free than the disk has.
+    env.push((
+        "GATOR_OTA__JOBS__RESERVE_BYTES".into(),
+        "1000000000000000000".into(),
+    ));
+    let gw = Gateway::spawn(env);
+    gw.wait_count("subscribed", 2);
+    let http = gw.http_addr();
+    wait_until(DEADLINE, "the free space in /healthz", || {
+        text(http, "/healthz")
+            .1
+            .contains("not over jobs.reserve_bytes")
+    });
+    assert_eq!(text(http, "/healthz").0, 503);
+}
+
+#[test]
 fn the_status_page_renders_in_a_browser() {
     let world = World::new();
     let local = Broker::start();
