@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use super::report::{DeviceView, ImageRollout, StatusReport};
+use super::report::{DeviceView, ImageRollout, StatusReport, connected};
 
 const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:60em;padding:.6em;color:#222}\
 h1{font-size:1.3em;margin:.2em 0}h2{font-size:1.1em;margin:1em 0 .3em}\
@@ -53,17 +53,7 @@ fn health(h: &mut String, r: &StatusReport) {
     let carriers: Vec<String> = r
         .carriers
         .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                esc(&c.name),
-                if c.connected {
-                    "connected"
-                } else {
-                    "DISCONNECTED"
-                }
-            )
-        })
+        .map(|c| format!("{} {}", esc(&c.name), connected(c.connected)))
         .collect();
     let _ = write!(h, "<p><small>MQTT: {}</small></p>", carriers.join(" · "));
 }

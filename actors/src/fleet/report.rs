@@ -3,6 +3,7 @@
 //! [`StatusReport`], so they cannot disagree.
 
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
@@ -263,61 +264,52 @@ impl StatusReport {
     /// The summary for a terminal (`gator-ota status`): health, each
     /// pointer's rollout, versions, a line per device, the last jobs.
     pub fn to_text(&self) -> String {
-        use std::fmt::Write;
         let mut t = String::new();
+        self.text_head(&mut t);
+        for i in &self.images {
+            text_image(&mut t, i);
+        }
+        self.text_devices(&mut t);
+        for j in &self.jobs {
+            let reason = j.reason.as_deref().map(|r| format!(" {r}"));
+            let _ = writeln!(
+                t,
+                "job {} {} {} {}{}",
+                j.time,
+                j.msg_id,
+                j.file_name,
+                j.status,
+                reason.unwrap_or_default()
+            );
+        }
+        t
+    }
+
+    /// Where the report comes from, health and the carriers.
+    fn text_head(&self, t: &mut String) {
         let from = match self.source.as_str() {
             "disk" => "from the files on disk; the service is not answering",
             _ => "from the running service",
         };
         let _ = writeln!(t, "gator-ota {} ({from}, {})", self.system_id, self.time);
         if let Some(h) = &self.health {
-            match h.ok {
-                true => t.push_str("health: ok\n"),
-                false => {
-                    let _ = writeln!(t, "health: NOT OK: {}", h.problems.join("; "));
-                }
+            if h.ok {
+                t.push_str("health: ok\n");
+            } else {
+                let _ = writeln!(t, "health: NOT OK: {}", h.problems.join("; "));
             }
         }
         if !self.carriers.is_empty() {
             let c: Vec<String> = self
                 .carriers
                 .iter()
-                .map(|c| {
-                    format!(
-                        "{} {}",
-                        c.name,
-                        if c.connected {
-                            "connected"
-                        } else {
-                            "DISCONNECTED"
-                        }
-                    )
-                })
+                .map(|c| format!("{} {}", c.name, connected(c.connected)))
                 .collect();
             let _ = writeln!(t, "mqtt: {}", c.join(", "));
         }
-        for i in &self.images {
-            let states: Vec<String> = RolloutState::ALL
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{} {}",
-                        s.label(),
-                        i.states.get(s.label()).copied().unwrap_or(0)
-                    )
-                })
-                .collect();
-            let _ = writeln!(
-                t,
-                "image {} ({}) at {}: {} of {} confirmed; {}",
-                i.image.as_deref().unwrap_or("none yet"),
-                i.version.as_deref().unwrap_or("no version"),
-                i.url,
-                i.states.get("confirmed").copied().unwrap_or(0),
-                i.devices,
-                states.join(", ")
-            );
-        }
+    }
+
+    fn text_devices(&self, t: &mut String) {
         let v: Vec<String> = self
             .versions
             .iter()
@@ -344,22 +336,30 @@ impl StatusReport {
                 d.problem()
             );
         }
-        for j in &self.jobs {
-            let _ = writeln!(
-                t,
-                "job {} {} {} {}{}",
-                j.time,
-                j.msg_id,
-                j.file_name,
-                j.status,
-                j.reason
-                    .as_deref()
-                    .map(|r| format!(" {r}"))
-                    .unwrap_or_default()
-            );
-        }
-        t
     }
+}
+
+fn text_image(t: &mut String, i: &ImageRollout) {
+    let count = |s: &str| i.states.get(s).copied().unwrap_or(0);
+    let states: Vec<String> = RolloutState::ALL
+        .iter()
+        .map(|s| format!("{} {}", s.label(), count(s.label())))
+        .collect();
+    let _ = writeln!(
+        t,
+        "image {} ({}) at {}: {} of {} confirmed; {}",
+        i.image.as_deref().unwrap_or("none yet"),
+        i.version.as_deref().unwrap_or("no version"),
+        i.url,
+        count("confirmed"),
+        i.devices,
+        states.join(", ")
+    );
+}
+
+/// A carrier's link, as the summaries write it.
+pub fn connected(up: bool) -> &'static str {
+    if up { "connected" } else { "DISCONNECTED" }
 }
 
 #[cfg(test)]
