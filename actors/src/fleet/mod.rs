@@ -93,6 +93,7 @@ pub struct FleetActor {
     /// Changed since the last save.
     dirty: bool,
     saving: bool,
+    writer: RegistryWriter,
     last_sent: Option<Instant>,
     last_fingerprint: String,
 }
@@ -103,6 +104,7 @@ impl FleetActor {
     pub fn load(cfg: FleetConfig) -> Self {
         let registry = load_registry(&cfg.state_dir, cfg.settings.max_devices);
         let judgement = judgement(&cfg.settings);
+        let writer = RegistryWriter::new(&cfg.state_dir);
         Self {
             cfg,
             registry,
@@ -111,6 +113,7 @@ impl FleetActor {
             free_bytes: None,
             dirty: false,
             saving: false,
+            writer,
             last_sent: None,
             last_fingerprint: String::new(),
         }
@@ -188,12 +191,9 @@ impl FleetActor {
         }
         self.dirty = false;
         self.saving = true;
-        let bytes = self.registry.to_json();
-        let path = self.cfg.state_dir.join(FLEET_FILE);
-        let write = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes));
+        let write = self.writer.write(self.registry.to_json());
         ctx.spawn(wrap_future::<_, Self>(write).map(|res, act, _| {
             act.saving = false;
-            let res = res.unwrap_or_else(|e| Err(std::io::Error::other(e)));
             if let Err(e) = res {
                 error!(error = %e, file = FLEET_FILE, "cannot save the device registry; it is tried again");
                 act.dirty = true;
@@ -351,19 +351,59 @@ impl Handler<Served> for FleetActor {
 impl Handler<Flush> for FleetActor {
     type Result = actix::ResponseFuture<()>;
 
+    /// Writes the registry as it is now; a save still in flight, older,
+    /// cannot land after it ([`RegistryWriter`]).
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
-        let dirty = std::mem::take(&mut self.dirty);
-        let bytes = self.registry.to_json();
-        let path = self.cfg.state_dir.join(FLEET_FILE);
+        self.dirty = false;
+        let write = self.writer.write(self.registry.to_json());
         Box::pin(async move {
-            if !dirty {
-                return;
-            }
-            let done = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await;
-            if let Ok(Err(e)) | Err(e) = done.map_err(std::io::Error::other) {
+            if let Err(e) = write.await {
                 error!(error = %e, "cannot save the device registry at stop");
             }
         })
+    }
+}
+
+/// Writes `fleet.json` on blocking threads, newest last: each write is
+/// numbered when it is asked for, and one that finds a newer one already
+/// written is skipped, so two writes in flight never leave the older.
+#[derive(Clone)]
+struct RegistryWriter {
+    path: PathBuf,
+    asked: Arc<std::sync::atomic::AtomicU64>,
+    written: Arc<std::sync::Mutex<u64>>,
+}
+
+impl RegistryWriter {
+    fn new(state_dir: &Path) -> Self {
+        Self {
+            path: state_dir.join(FLEET_FILE),
+            asked: Default::default(),
+            written: Default::default(),
+        }
+    }
+
+    fn write(
+        &self,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + use<> {
+        let n = self
+            .asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let me = self.clone();
+        async move {
+            let done = tokio::task::spawn_blocking(move || {
+                let mut written = me.written.lock().unwrap_or_else(|p| p.into_inner());
+                if *written > n {
+                    return Ok(());
+                }
+                write_atomic(&me.path, &bytes)?;
+                *written = n;
+                Ok(())
+            });
+            done.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        }
     }
 }
 
@@ -515,6 +555,16 @@ mod tests {
             !r.devices["24:6F:28:00:00:02"].served[0].completed,
             "a 304 is no transfer"
         );
+    }
+
+    #[actix_rt::test]
+    async fn an_older_write_never_lands_after_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = RegistryWriter::new(dir.path());
+        let (old, new) = (w.write(b"old".to_vec()), w.write(b"new".to_vec()));
+        new.await.unwrap();
+        old.await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join(FLEET_FILE)).unwrap(), b"new");
     }
 
     #[test]
