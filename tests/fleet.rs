@@ -386,6 +386,33 @@ fn registry_outlives_the_service(
 }
 
 #[test]
+fn the_registry_survives_a_kill() {
+    let world = World::new();
+    let local = Broker::start();
+    let settings = fleet_settings(&world, &local, "");
+    let gw = start_gateway(&world, &settings);
+    let devices = fleet(3, 3, &local);
+    for d in &devices {
+        d.telemetry();
+    }
+    let file = world.data_dir().join(".gator-ota/fleet.json");
+    wait_until(DEADLINE, "every device in fleet.json", || {
+        std::fs::read_to_string(&file).is_ok_and(|s| devices.iter().all(|d| s.contains(&d.mac)))
+    });
+    gw.kill();
+    let gw = start_gateway(&world, &settings);
+    let r = status_json(gw.http_addr());
+    let back: Vec<(&str, &str)> = r["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["mac"].as_str().unwrap(), d["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(back.len(), 3, "{back:?}");
+    assert!(back.iter().all(|(_, v)| *v == "v1.0.0"), "{back:?}");
+}
+
+#[test]
 fn bad_device_messages_are_logged_and_the_registry_stays_bounded() {
     let world = World::new();
     let mut local = Broker::start();
