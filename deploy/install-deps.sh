@@ -3,15 +3,20 @@
 # bundled paho MQTT C library), OpenSSL headers, and mosquitto (the broker the
 # tests and the local run start). Does nothing when all are present.
 #
-#   bash deploy/install-deps.sh              # build and test
+#   bash deploy/install-deps.sh              # build and run
+#   bash deploy/install-deps.sh --tests      # and test: chromium too
+#                                            # (tests/fleet.rs renders the
+#                                            # status page in it, headless)
 #   bash deploy/install-deps.sh --packaging  # the Debian package: cargo-deb,
 #                                            # lintian, dpkg-dev; mmdebstrap
 #                                            # for deploy/test-deb.sh
 set -euo pipefail
 
 packaging=0
+tests=0
 case "${1:-}" in
   --packaging) packaging=1 ;;
+  --tests) tests=1 ;;
   "") ;;
   *) echo "install-deps.sh: unknown argument '$1'" >&2; exit 1 ;;
 esac
@@ -27,6 +32,9 @@ else
   [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
   dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if [ "$tests" -eq 1 ]; then
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  fi
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

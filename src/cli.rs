@@ -41,6 +41,10 @@ pub enum Command {
     /// Put a sample image in a local (file://) bucket, publish a firmware_image
     /// for it and print the confirm_receipt that comes back.
     PublishSample(SampleArgs),
+    /// Show the fleet: each Data Gator's version and rollout state, health,
+    /// the last jobs. Asks the running service, or reads its files when it
+    /// does not answer.
+    Status(StatusArgs),
     /// Make an Ed25519 signing key pair for firmware images.
     Keygen {
         /// Folder for gator-ota-signing.pem and gator-ota-signing.pub.pem.
@@ -69,6 +73,19 @@ pub struct SettingsArgs {
     /// between the defaults and the settings file.
     #[arg(long, value_name = "DIR")]
     pub scarecro_configs: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// The firmware server to ask, host:port (default: its first listen
+    /// address, over loopback when it listens on all).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub url: Option<String>,
+    /// Print the report as JSON, as /status.json has it.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod cli;
 mod run;
 mod sample;
 mod signing;
+mod status;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::run(&args),
         cli::Command::CheckConfig(args) => run::check_config(&args),
         cli::Command::PublishSample(args) => sample::publish_sample(&args),
+        cli::Command::Status(args) => status::status(&args),
         cli::Command::Keygen { out } => signing::keygen(&out),
         cli::Command::Sign { key, image, out } => signing::sign(&key, &image, out.as_deref()),
     }

@@ -374,8 +374,20 @@ fn only_pointers_and_installed_images_are_served() {
         raw_get(addr, "/gw_v1%2E0.0.bin").contains("200"),
         "percent-decoded"
     );
+    // `/` is the fleet view's status page (README: "Fleet view"), never a
+    // listing of a folder.
+    let (status, page) = raw(
+        addr,
+        "GET / HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("<h1>gator-ota"), "{page}");
+    assert!(
+        !page.contains("secret.txt") && !page.contains("foreign.bin"),
+        "{page}"
+    );
     for target in [
-        "/",
         "/firmware_images/",
         "/firmware_images/gw_v1.0.0.bin.bin",
         "/../gw_v1.0.0.bin",

@@ -3,7 +3,7 @@
 # integration tests (which start their own mosquitto and S3 server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/install-deps.sh
+bash deploy/install-deps.sh --tests
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 bash deploy/test-install.sh

@@ -172,7 +172,7 @@ impl MqttIngress {
         });
     }
 
-    fn envelope(&self, msg_type: &str, content: &Value) -> Envelope {
+    fn envelope(&self, msg_type: &str, topic: &str, content: &Value) -> Envelope {
         let spec = self.specs.get(msg_type);
         let field = |name: Option<&String>| name.and_then(|f| content.get(f.as_str()));
         let msg_id = match field(spec.map(|s| &s.id_field)) {
@@ -189,6 +189,7 @@ impl MqttIngress {
             msg_time,
             msg_type: msg_type.to_string(),
             msg_content: content.clone(),
+            topic: topic.to_string(),
             receipt: None,
         }
     }
@@ -299,6 +300,14 @@ async fn deliver(
     }
 }
 
+/// A receive address that carries only the Data Gators' own messages: what
+/// is wrong with one is logged, not reported to the cloud as a FAILED job.
+fn from_devices(sub: &Subscription) -> bool {
+    sub.message_types
+        .iter()
+        .all(|t| gator_ota_settings::DEVICE_MESSAGE_TYPES.contains(&t.as_str()))
+}
+
 /// What to do with one message.
 enum Disposition {
     Route(Vec<Envelope>),
@@ -318,13 +327,16 @@ impl MqttIngress {
             Ok(v) => v,
             Err(e) => {
                 error!(%topic, address = %sub.address, error = %e, reason = %Reason::InvalidMessage, "payload is not JSON; dropped");
+                if from_devices(sub) {
+                    return Disposition::Ignore;
+                }
                 return Disposition::Reject(format!("payload on {topic} is not JSON: {e}"));
             }
         };
         Disposition::Route(
             sub.message_types
                 .iter()
-                .map(|t| self.envelope(t, &content))
+                .map(|t| self.envelope(t, topic, &content))
                 .collect(),
         )
     }
@@ -339,6 +351,9 @@ impl MqttIngress {
                 let max = self.max_payload;
                 error!(%topic, bytes, max, reason = %Reason::InvalidMessage,
                     "payload larger than pipeline.max_payload_bytes; dropped unparsed");
+                if self.subscription_for(&topic).is_some_and(from_devices) {
+                    return Disposition::Ignore;
+                }
                 Disposition::Reject(format!(
                     "payload of {bytes} bytes on {topic} is over the {max}-byte limit"
                 ))

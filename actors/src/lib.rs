@@ -14,6 +14,10 @@
 //! 6. [`http`] — the firmware server the Data Gators fetch pointers and
 //!    installed images from.
 //!
+//! Beside the flow, [`fleet`] keeps the registry of Data Gators (fed by
+//! their MQTT messages and the firmware server's record) and the rollout
+//! view the status endpoints show; [`metrics`] counts what happened.
+//!
 //! Stages hold `Recipient`s of the next stage, never concrete actors.
 //! [`plan`] derives everything from settings (for `run` and `check-config`
 //! alike) and [`service`] starts the actors from the plan;
@@ -23,12 +27,14 @@
 pub mod durable;
 pub mod egress;
 pub mod firmware;
+pub mod fleet;
 pub mod hashes;
 pub mod http;
 pub mod ingress;
 pub mod job;
 pub mod journal;
 pub mod messages;
+pub mod metrics;
 pub mod mqtt;
 pub mod paths;
 pub mod plan;

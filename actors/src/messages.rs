@@ -18,6 +18,10 @@ pub struct Envelope {
     pub msg_time: String,
     pub msg_type: String,
     pub msg_content: serde_json::Value,
+    /// The MQTT topic it came on: a Data Gator names itself only there
+    /// (`datagator/tlm/<MAC>`).
+    #[serde(skip)]
+    pub topic: String,
     /// The inbox entry the message came from, so a job journaled just
     /// before a crash is not taken from the inbox a second time.
     #[serde(skip)]

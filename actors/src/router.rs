@@ -3,6 +3,8 @@
 //! Every envelope goes to each task configured `on_message` for its type.
 //! The table is built once, from the plan ([`crate::plan`]), which refuses
 //! a task whose carrier is not an S3 carrier before anything starts.
+//! The Data Gators' own message types go to the fleet registry instead
+//! ([`crate::fleet`]), when it runs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ struct Route {
 
 pub struct TaskRouter {
     routes: HashMap<String, Vec<Route>>,
+    /// The device registry, for `datagator_*` messages.
+    fleet: Option<Recipient<Envelope>>,
 }
 
 impl TaskRouter {
@@ -44,7 +48,16 @@ impl TaskRouter {
                     carrier: carrier.clone(),
                 });
         }
-        Self { routes }
+        Self {
+            routes,
+            fleet: None,
+        }
+    }
+
+    /// Sends the Data Gators' messages to the device registry.
+    pub fn with_fleet(mut self, fleet: Recipient<Envelope>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Message types some task consumes.
@@ -63,6 +76,15 @@ impl Handler<Envelope> for TaskRouter {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, envelope: Envelope, _: &mut Context<Self>) -> Self::Result {
+        if gator_ota_settings::DEVICE_MESSAGE_TYPES.contains(&envelope.msg_type.as_str())
+            && let Some(fleet) = self.fleet.clone()
+        {
+            return Box::pin(async move {
+                if let Err(e) = fleet.send(envelope).await {
+                    error!(error = %e, "the device registry did not take a device message");
+                }
+            });
+        }
         let routes = self
             .routes
             .get(&envelope.msg_type)

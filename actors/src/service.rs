@@ -18,11 +18,14 @@ use paho_mqtt as paho;
 use tracing::{info, warn};
 
 use crate::egress::{EgressConfig, Fanout, MqttEgress, Route};
-use crate::http::{FirmwareServer, HttpError};
+use crate::fleet::{FleetActor, FleetConfig, Flush};
+use crate::http::device_log::Tap;
+use crate::http::{FirmwareServer, FleetLinks, HttpError};
 use crate::ingress::{IngressConfig, MqttIngress};
 use crate::job::{Runner, RunnerParts};
 use crate::journal::{JobRecord, Journal};
 use crate::messages::{Publish, RunTask};
+use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttSetupError};
 use crate::paths::{Confinement, STATE_DIR};
 use crate::plan::{MqttPlan, Plan, S3Plan};
@@ -63,6 +66,7 @@ pub struct Service {
     clients: Vec<paho::AsyncClient>,
     _ingress: Vec<Addr<MqttIngress>>,
     http: Option<FirmwareServer>,
+    fleet: Option<Addr<FleetActor>>,
 }
 
 /// One MQTT carrier's connection and egress, before its ingress starts.
@@ -95,13 +99,23 @@ impl Service {
             .map(|p| start_link(&plan, p, &state))
             .collect::<Result<Vec<_>, _>>()?;
         let fanout = start_fanout(&plan, &links);
+        let metrics = Arc::new(Metrics::default());
         let status = StatusSink {
             egress: fanout.clone(),
             system_id: settings.system.id.clone(),
+            metrics: metrics.clone(),
         };
         let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
         let journal = Arc::new(journal);
-        let http = FirmwareServer::start(&settings.http, &confinement, journal.clone(), &state)?;
+        let fleet = start_fleet(&plan, &links, &fanout, &journal, &metrics, &confinement);
+        let http = start_http(
+            &plan,
+            &confinement,
+            &journal,
+            &state,
+            metrics,
+            fleet.as_ref(),
+        )?;
         let mut inboxes = Vec::new();
         for link in &links {
             let (inbox_dir, _) = link.plan.spool_dirs(&state);
@@ -116,7 +130,11 @@ impl Service {
             confinement,
         };
         let carriers = start_s3_carriers(&plan, &wiring, pending)?;
-        let router = TaskRouter::new(&plan.tasks, &carriers).start();
+        let mut router = TaskRouter::new(&plan.tasks, &carriers);
+        if let Some(f) = &fleet {
+            router = router.with_fleet(f.clone().recipient());
+        }
+        let router = router.start();
         let mut ingress = Vec::new();
         let mut clients = Vec::new();
         for (link, (inbox, held)) in links.into_iter().zip(inboxes) {
@@ -133,6 +151,7 @@ impl Service {
             clients,
             _ingress: ingress,
             http,
+            fleet,
         })
     }
 
@@ -141,6 +160,9 @@ impl Service {
     pub async fn shutdown(self) {
         if let Some(http) = self.http {
             http.stop().await;
+        }
+        if let Some(fleet) = &self.fleet {
+            let _ = fleet.send(Flush).await;
         }
         let leaving = self.clients.iter().filter(|c| c.is_connected()).map(|c| {
             let done = c.disconnect(None);
@@ -209,6 +231,80 @@ fn start_link<'p>(plan: &Plan, p: &'p MqttPlan, state: &Path) -> Result<Link<'p>
         client,
         egress: MqttEgress::new(cfg).start(),
     })
+}
+
+/// The firmware server, telling the counters and the device registry of
+/// every image request and asking the registry for the fleet's endpoints.
+fn start_http(
+    plan: &Plan,
+    confinement: &Confinement,
+    journal: &Arc<Journal>,
+    state: &Path,
+    metrics: Arc<Metrics>,
+    fleet: Option<&Addr<FleetActor>>,
+) -> Result<Option<FirmwareServer>, StartError> {
+    let links = FleetLinks {
+        tap: Tap {
+            metrics,
+            fleet: fleet.map(|f| f.clone().recipient()),
+        },
+        reports: fleet.map(|f| f.clone().recipient()),
+    };
+    let http = &plan.settings.http;
+    Ok(FirmwareServer::start(
+        http,
+        confinement,
+        journal.clone(),
+        state,
+        links,
+    )?)
+}
+
+/// The device registry, when `fleet.enabled`: its saved state is read here
+/// (blocking, at start-up), before any device message can arrive.
+fn start_fleet(
+    plan: &Plan,
+    links: &[Link],
+    fanout: &Recipient<Publish>,
+    journal: &Arc<Journal>,
+    metrics: &Arc<Metrics>,
+    confinement: &Confinement,
+) -> Option<Addr<FleetActor>> {
+    let settings = &plan.settings;
+    if !settings.fleet.enabled {
+        return None;
+    }
+    let pointers = settings
+        .http
+        .pointers
+        .iter()
+        .filter_map(|p| {
+            let file = confinement
+                .resolve("file", &p.file.to_string_lossy())
+                .ok()?;
+            Some((p.url.clone(), file.full()))
+        })
+        .collect();
+    let sends = settings
+        .send_addresses(gator_ota_settings::FLEET_STATUS)
+        .next()
+        .is_some();
+    let cfg = FleetConfig {
+        settings: settings.fleet.clone(),
+        system_id: settings.system.id.clone(),
+        state_dir: settings.system.data_dir.join(STATE_DIR),
+        data_dir: settings.system.data_dir.clone(),
+        reserve_bytes: settings.jobs.reserve_bytes,
+        pointers,
+        journal: journal.clone(),
+        metrics: metrics.clone(),
+        carriers: links
+            .iter()
+            .map(|l| (l.plan.name.clone(), l.client.clone()))
+            .collect(),
+        egress: sends.then(|| fanout.clone()),
+    };
+    Some(FleetActor::load(cfg).start())
 }
 
 /// Where jobs and statuses publish: every carrier's egress, by message type.

@@ -4,11 +4,13 @@
 //! SCARECRO cloud sees nothing but `confirm_receipt`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use actix::Recipient;
 use serde_json::json;
 
 use crate::messages::Publish;
+use crate::metrics::Metrics;
 use crate::time;
 
 pub const MESSAGE_TYPE: &str = "firmware_status";
@@ -79,6 +81,8 @@ impl fmt::Display for Reason {
 pub struct StatusSink {
     pub egress: Recipient<Publish>,
     pub system_id: String,
+    /// Where every job's end is counted, whether statuses are sent or not.
+    pub metrics: Arc<Metrics>,
 }
 
 impl StatusSink {
@@ -97,6 +101,8 @@ impl StatusSink {
         state: State,
         failure: Option<(Reason, &str)>,
     ) {
+        self.metrics
+            .job_ended(msg_id, file_name, state, failure.map(|(r, _)| r));
         let publish = self.publish(msg_id, file_name, state, None, failure, true);
         match self.egress.send(publish).await {
             Ok(Ok(())) => {}

@@ -1270,3 +1270,67 @@ fn huge_fields_are_refused_quickly() {
     let deep = "[".repeat(1 << 20);
     assert!(serde_json::from_str::<Value>(&deep).is_err());
 }
+
+/// The Data Gators' own messages (`actors/src/fleet/device.rs`): any topic
+/// and any content, for each of their message types, parse or are refused
+/// with an error, never a panic; what is kept is a normalised MAC and text
+/// of bounded length; and a registry fed only such messages stays within
+/// its bound.
+#[test]
+fn device_messages_never_panic_and_stay_bounded() {
+    use gator_ota_actors::fleet::device::{self, MAX_TEXT, Report};
+    use gator_ota_actors::fleet::registry::Registry;
+    let topic = prop_oneof![
+        any::<String>(),
+        "[0-9A-Fa-f:\\-]{0,20}".prop_map(|m| format!("datagator/tlm/{m}")),
+        Just("datagator/ota/24:6F:28:AA:BB:CC".to_string()),
+    ];
+    let fields = prop_oneof![
+        Just("STATUS_MSG"),
+        Just("FIRMWARE_VERSION"),
+        Just("SERVER_FW_VERSION"),
+        Just("DEVICE_FW_VERSION"),
+    ];
+    let value = prop_oneof![
+        any_json(),
+        select(
+            &[
+                "version",
+                "started",
+                "finished",
+                "error",
+                "v1.0.1",
+                "V9.99.999",
+                ""
+            ][..]
+        )
+        .prop_map(|s| json!(s)),
+        (1usize..100_000).prop_map(|n| json!("x".repeat(n))),
+    ];
+    let content = prop_oneof![
+        any_json(),
+        vec((fields, value), 0..5).prop_map(|kv| Value::Object(
+            kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        )),
+    ];
+    let kind = select(&gator_ota_settings::DEVICE_MESSAGE_TYPES[..]);
+    let registry = std::cell::RefCell::new(Registry::new(16));
+    let now = Cell::new(0i64);
+    check(
+        "device_messages_never_panic_and_stay_bounded",
+        (kind, topic, content),
+        |(kind, topic, content)| {
+            let Ok((mac, report)) = device::parse(kind, &topic, &content) else {
+                return Ok(());
+            };
+            prop_assert_eq!(mac.as_str().len(), 17);
+            if let Report::Error { detail } = &report {
+                prop_assert!(detail.len() <= MAX_TEXT + '…'.len_utf8());
+            }
+            now.set(now.get() + 1);
+            registry.borrow_mut().report(&mac, report, now.get(), 1000);
+            prop_assert!(registry.borrow().devices.len() <= 16);
+            Ok(())
+        },
+    );
+}

@@ -12,7 +12,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use crate::load::{ENV_PREFIX, Env};
 use crate::merged::{ENTRIES, Merged, env_key};
 use crate::{
-    Address, Firmware, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier,
+    Address, Firmware, Fleet, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier,
     SettingsError as E, System, Task,
 };
 
@@ -23,6 +23,7 @@ const SECTIONS: &[&str] = &[
     "pipeline",
     "jobs",
     "http",
+    "fleet",
     "messages",
     "carriers",
     "addresses",
@@ -131,6 +132,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "pipeline" => fields::<Pipeline>(),
         "jobs" => fields::<Jobs>(),
         "http" => fields::<Http>(),
+        "fleet" => fields::<Fleet>(),
         _ => &[],
     }
 }

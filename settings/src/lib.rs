@@ -13,11 +13,13 @@
 //! Modules: [`secret`] keeps credentials out of logs and prints, `load`
 //! stacks the layers, `keys` refuses unknown sections and keys, `merged`
 //! types the stacked tree with errors that name the full key, `validate`
-//! checks the values, [`Http`] is the firmware server's `[http]`,
+//! checks the values, [`Http`] is the firmware server's `[http]`, [`Fleet`]
+//! the device registry's `[fleet]`,
 //! [`scarecro`] reads a SCARECRO gateway's configuration folder into a layer
 //! of its own.
 
 mod aws_env;
+mod fleet;
 mod http;
 mod keys;
 mod load;
@@ -35,6 +37,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use fleet::{
+    DATAGATOR_OTA, DATAGATOR_OTA_STATUS, DATAGATOR_TLM, DEVICE_MESSAGE_TYPES, FLEET_STATUS, Fleet,
+};
 pub use http::{Http, PointerUrl};
 pub use load::{ENV_PREFIX, ENV_SETTINGS_FILE, Env, load, load_with_env};
 pub use scarecro::{Loaded, ScarecroError, TopicRoute, load_all, load_all_with_env};
@@ -79,6 +84,7 @@ pub struct Settings {
     pub pipeline: Pipeline,
     pub jobs: Jobs,
     pub http: Http,
+    pub fleet: Fleet,
     pub messages: BTreeMap<String, MessageSpec>,
     pub carriers: BTreeMap<String, Carrier>,
     pub addresses: BTreeMap<String, Address>,

@@ -76,6 +76,7 @@ pub(crate) fn load_layers(
         pipeline: merged.section::<Pipeline>("pipeline")?,
         jobs: merged.section("jobs")?,
         http: merged.section("http")?,
+        fleet: merged.section("fleet")?,
         messages: merged.section("messages")?,
         carriers: BTreeMap::new(),
         addresses: merged.section("addresses")?,

@@ -19,6 +19,7 @@ impl Settings {
         self.validate_jobs()?;
         self.validate_firmware()?;
         self.http.validate()?;
+        self.fleet.validate(&self.http)?;
         self.validate_messages()?;
         for (name, c) in &self.carriers {
             self.validate_carrier(name, c)?;

@@ -6,14 +6,22 @@
 //! take it past its bound, so the record never holds more than twice that.
 //! When the thread falls behind by more than [`BACKLOG`] lines, new lines
 //! are dropped with a warning rather than held in memory.
+//!
+//! Each record is also counted ([`Metrics`]) and handed to the device
+//! registry ([`crate::fleet`]) as it is made, never waiting for either.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-use serde::Serialize;
+use actix::Recipient;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use crate::fleet::Served;
+use crate::metrics::{Metrics, ServedOutcome};
 
 /// Lines waiting for the writer thread.
 const BACKLOG: usize = 1024;
@@ -22,7 +30,7 @@ const BACKLOG: usize = 1024;
 pub const DEVICE_LOG: &str = "devices.jsonl";
 
 /// One image request, as the fleet view reads it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceRecord {
     /// When the request ended (UTC, RFC 3339).
     pub time: String,
@@ -45,16 +53,37 @@ pub struct DeviceRecord {
     pub completed: bool,
 }
 
+impl DeviceRecord {
+    fn outcome(&self) -> ServedOutcome {
+        if self.status == 304 {
+            ServedOutcome::NotModified
+        } else if self.completed && self.status == 200 && self.method == "GET" {
+            ServedOutcome::Completed
+        } else {
+            ServedOutcome::Partial
+        }
+    }
+}
+
+/// Who else hears of each record besides the file.
+#[derive(Clone, Default)]
+pub struct Tap {
+    pub metrics: Arc<Metrics>,
+    /// The device registry, when the fleet view is on.
+    pub fleet: Option<Recipient<Served>>,
+}
+
 /// Where records go; cheap to clone, never blocks.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DeviceLog {
     tx: SyncSender<DeviceRecord>,
+    tap: Tap,
 }
 
 impl DeviceLog {
     /// Opens the record in `state_dir` and starts its writer thread, which
     /// ends once every `DeviceLog` is dropped. Blocking; called at start-up.
-    pub fn open(state_dir: &Path, max_bytes: u64) -> io::Result<Self> {
+    pub fn open(state_dir: &Path, max_bytes: u64, tap: Tap) -> io::Result<Self> {
         std::fs::create_dir_all(state_dir)?;
         let path = state_dir.join(DEVICE_LOG);
         let file = append(&path)?;
@@ -69,10 +98,23 @@ impl DeviceLog {
         std::thread::Builder::new()
             .name("device-log".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Self { tx })
+        Ok(Self { tx, tap })
+    }
+
+    /// The counters each record goes to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.tap.metrics
     }
 
     pub fn record(&self, record: DeviceRecord) {
+        self.tap
+            .metrics
+            .image_served(&record.image, record.outcome(), record.bytes_sent);
+        if let Some(fleet) = &self.tap.fleet
+            && let Err(e) = fleet.try_send(Served(record.clone()))
+        {
+            warn!(device = %record.device, image = %record.image, error = %e, "the device registry is behind; an image request is not in it");
+        }
         match self.tx.try_send(record) {
             Ok(()) => {}
             Err(TrySendError::Full(r)) => {
@@ -153,7 +195,7 @@ mod tests {
     #[test]
     fn records_are_kept_within_twice_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let log = DeviceLog::open(dir.path(), 4096).unwrap();
+        let log = DeviceLog::open(dir.path(), 4096, Tap::default()).unwrap();
         for n in 0..100 {
             log.record(record(n));
         }

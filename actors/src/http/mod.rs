@@ -16,7 +16,9 @@
 //!   `If-None-Match` and for a device whose `x-ESP32-sketch-md5` is the
 //!   image's.
 //!
-//! Every image request is recorded per device ([`device_log`]). The server
+//! Every image request is recorded per device ([`device_log`]). With the
+//! fleet view on, the server also answers `/status.json`, `/healthz`,
+//! `/metrics` and the status page `/` ([`status`]). The server
 //! runs one actix-web worker on its own thread, so a download never shares
 //! an arbiter with the pipeline's actors; connections are capped and every
 //! connection phase has a timeout.
@@ -26,6 +28,7 @@ pub mod device_log;
 mod memory;
 mod range;
 mod routes;
+mod status;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,10 +41,12 @@ use actix_web::{App, HttpServer, web};
 use gator_ota_settings::Http;
 use tracing::info;
 
+use crate::fleet::GetReport;
 use crate::journal::Journal;
 use crate::paths::{Confinement, PathError};
+use actix::Recipient;
 use catalog::Catalog;
-use device_log::DeviceLog;
+use device_log::{DeviceLog, Tap};
 use routes::State;
 
 /// Threads the worker may run file opens and page-cache misses on. The
@@ -77,6 +82,15 @@ pub enum HttpError {
     },
 }
 
+/// What the server tells the fleet view and asks it.
+#[derive(Default)]
+pub struct FleetLinks {
+    /// Counters and the device registry, told of every image request.
+    pub tap: Tap,
+    /// Where the fleet's endpoints get their report; `None`: fleet view off.
+    pub reports: Option<Recipient<GetReport>>,
+}
+
 /// The running server; [`FirmwareServer::stop`] ends it.
 #[must_use = "keep the server to stop it"]
 pub struct FirmwareServer {
@@ -92,6 +106,7 @@ impl FirmwareServer {
         confinement: &Confinement,
         journal: Arc<Journal>,
         state_dir: &Path,
+        fleet: FleetLinks,
     ) -> Result<Option<Self>, HttpError> {
         if !settings.enabled {
             return Ok(None);
@@ -103,19 +118,22 @@ impl FirmwareServer {
                 .map_err(|source| HttpError::Pointer { index, source })?;
             pointers.insert(p.url.clone(), file.full());
         }
-        let log = DeviceLog::open(state_dir, settings.device_log_bytes).map_err(|source| {
-            HttpError::DeviceLog {
-                dir: state_dir.display().to_string(),
-                source,
-            }
-        })?;
+        let log =
+            DeviceLog::open(state_dir, settings.device_log_bytes, fleet.tap).map_err(|source| {
+                HttpError::DeviceLog {
+                    dir: state_dir.display().to_string(),
+                    source,
+                }
+            })?;
         let state = web::Data::new(State {
             catalog: Catalog::new(journal, pointers),
             log,
+            fleet: fleet.reports,
         });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .configure(status::routes)
                 .default_service(web::to(routes::serve))
         })
         .workers(1)

@@ -22,7 +22,9 @@ use tracing::debug;
 use super::catalog::{Catalog, Miss, Opened, Source};
 use super::device_log::{DeviceLog, DeviceRecord};
 use super::range::{self, Wanted};
+use crate::fleet::GetReport;
 use crate::paths::check_file_name;
+use actix::Recipient;
 
 /// Bytes read from the image per step. actix-web copies each chunk into the
 /// connection's write buffer and asks for the next once that holds less than
@@ -39,6 +41,8 @@ const HELD_CHUNK: u64 = 32 * 1024;
 pub(crate) struct State {
     pub catalog: Catalog,
     pub log: DeviceLog,
+    /// The device registry, for the fleet's endpoints ([`super::status`]).
+    pub fleet: Option<Recipient<GetReport>>,
 }
 
 pub(crate) async fn serve(req: HttpRequest, state: web::Data<State>) -> HttpResponse {

@@ -164,6 +164,9 @@ impl Runner {
         let span = info_span!("job", msg_id = %job.msg_id, file_name = %job.file_name, cloud_path = %job.cloud_path);
         async {
             if rec.state != JobState::Installed {
+                // Counted until its INSTALLED or FAILED status: a job
+                // resumed only to confirm has nothing left to run.
+                self.status.metrics.job_started(&job.msg_id);
                 match self.install(&mut rec, &job, &mut slot).await {
                     Ok(()) => {}
                     Err(f) => {

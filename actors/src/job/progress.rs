@@ -75,6 +75,7 @@ pub(super) fn meter(
             Ok(Some(Err(e))) => Some((Err(TransferError::Store(e)), None)),
             Ok(Some(Ok(bytes))) => {
                 m.sent += bytes.len() as u64;
+                m.status.metrics.add_downloaded(bytes.len() as u64);
                 if m.rate > 0 {
                     let due = m.started + Duration::from_secs_f64(m.sent as f64 / m.rate as f64);
                     tokio::time::sleep_until(due.into()).await;

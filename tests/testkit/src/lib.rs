@@ -24,7 +24,7 @@ mod wait;
 
 pub use broker::{Broker, MOSQUITTO_ENV};
 pub use mem_s3::{BODY_CHUNK, MemoryS3, MemoryStore, serve_memory_s3};
-pub use mqtt::{Collector, Subscriber, publish, publish_tls, publish_until_acked};
+pub use mqtt::{Collector, Publisher, Subscriber, publish, publish_tls, publish_until_acked};
 pub use s3::{ACCESS_KEY, REGION, S3Server, SECRET_KEY, pseudo_random_bytes, serve_s3, to_hex};
 pub use s3_front::{
     Action, Fault, FaultHandle, S3Front, Seen, checksum_crc32c, checksum_crc64nvme, checksum_sha256,

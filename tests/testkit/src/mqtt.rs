@@ -107,6 +107,38 @@ fn publish_with(url: &str, topic: &str, payload: &str, tls: Option<&TestPki>) {
     let _ = client.disconnect(None);
 }
 
+/// One connection that publishes many messages, as a device does: a
+/// simulated fleet would otherwise open a connection per message.
+pub struct Publisher {
+    client: mqtt::Client,
+}
+
+impl Publisher {
+    #[track_caller]
+    pub fn new(url: &str) -> Publisher {
+        let client = connect(url, "device");
+        if let Err(e) = client.connect(connect_options(None)) {
+            keep_failed(client);
+            panic!("publisher could not connect to {url}: {e}");
+        }
+        Publisher { client }
+    }
+
+    /// Publishes with QoS 1 and returns once the broker acknowledged it.
+    #[track_caller]
+    pub fn send(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(mqtt::Message::new(topic, payload, QOS))
+            .unwrap_or_else(|e| panic!("publish to {topic} failed: {e}"));
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect(None);
+    }
+}
+
 /// A clean-session client subscribed (QoS 1) to one topic filter, buffering
 /// everything it receives until a test asks for it.
 ///
