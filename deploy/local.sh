@@ -54,6 +54,10 @@ if [ -n "$http" ]; then
   echo "  GET /$name (as HTTPUpdate, HTTP/1.0):"
   curl -0 -sS -A ESP32-http-Update -H "x-ESP32-STA-MAC: 24:6F:28:00:00:01" -o /dev/null -D - \
     "http://$http/$name" | tr -d '\r' | grep -iE '^(HTTP/|content-length|x-md5|x-sha256|etag)' | sed 's/^/    /'
+  echo
+  echo "the fleet view (gator-ota status; in a browser: http://$http/):"
+  for _ in $(seq 50); do "$bin" status 2>/dev/null | grep -qi 24:6F:28:00:00:01 && break; sleep 0.1; done
+  "$bin" status | sed 's/^/  /' || true
 fi
 echo
 echo "gator-ota is running on the local defaults (data in $work/gator-ota-data; firmware server http://${http:-off}). Ctrl-C stops it."

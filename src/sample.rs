@@ -16,7 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::SampleArgs;
 
-const SAMPLE_FILE: &str = "gator-sample-1.0.0";
+/// Named as Data Gator images are (`..._vM.m.p.bin`): the devices read their
+/// version from the name, and so does the fleet view.
+const SAMPLE_FILE: &str = "datagator_v1.0.0.bin";
 
 pub fn publish_sample(args: &SampleArgs) -> ExitCode {
     let loaded = gator_ota_settings::load_all(
@@ -88,9 +90,9 @@ fn sample_location(settings: &Settings) -> Result<(PathBuf, String), String> {
     };
     let prefix = s3.prefix.trim_end_matches('/');
     let key = if prefix.is_empty() {
-        format!("firmware/{SAMPLE_FILE}.bin")
+        format!("firmware/{SAMPLE_FILE}")
     } else {
-        format!("{prefix}/{SAMPLE_FILE}.bin")
+        format!("{prefix}/{SAMPLE_FILE}")
     };
     Ok((bucket, key))
 }
@@ -199,12 +201,17 @@ fn write_sample(path: &Path, size: u64) -> std::io::Result<String> {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut left = size;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut first = true;
     while left > 0 {
         for chunk in buf.chunks_mut(8) {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+        }
+        if std::mem::take(&mut first) {
+            // The ESP32 image magic, which HTTPUpdate checks first.
+            buf[0] = 0xE9;
         }
         let n = left.min(buf.len() as u64) as usize;
         file.write_all(&buf[..n])?;
