@@ -121,3 +121,68 @@ fn check_config_shows_every_mqtt_carrier() {
     assert!(stdout.contains("[carriers.mqtt]"), "{stdout}");
     assert!(stdout.contains(&local.url()), "{stdout}");
 }
+
+/// The local broker restarts under every job while the cloud's stays up:
+/// the local connection's troubles (its statuses waiting in its outbox, its
+/// reconnects) never hold a cloud job back, every job is confirmed once,
+/// and the local connection comes back and takes jobs again.
+#[test]
+fn a_flapping_local_broker_never_holds_the_cloud_back() {
+    let world = World::new();
+    let mut local = Broker::start();
+    const JOBS: usize = 6;
+    for i in 0..JOBS {
+        let key = format!("fw/flap-{i}.bin");
+        world.s3.put_random_object(BUCKET, &key, 30_000, i as u64);
+    }
+    world
+        .s3
+        .put_random_object(BUCKET, "fw/after.bin", 30_000, 99);
+    let gw = two_broker_gateway(&world, &local);
+    gw.wait_count("subscribed", 2);
+    let confirms = world.confirms();
+    let mut seen = Vec::new();
+    for i in 0..JOBS {
+        let name = format!("flap-{i}");
+        world.publish_json(&firmware_image(&name, &name, &format!("fw/flap-{i}.bin")));
+        // The local broker goes away and comes back while the job runs and
+        // its statuses are due there.
+        local.restart();
+        let c = confirms.recv_json(DEADLINE).unwrap_or_else(|| {
+            panic!(
+                "no confirm for {name} while the local broker flapped; log:\n{}",
+                gw.log()
+            )
+        });
+        seen.push(c["file_name"].as_str().unwrap().to_string());
+    }
+    // The local connection comes back by itself and takes a job again. The
+    // job is retained, so it reaches the gateway whenever it subscribes
+    // again, however many restarts that took.
+    let statuses = Subscriber::new(&local.url(), LOCAL_STATUS);
+    let job = firmware_image("after", "after", "fw/after.bin").to_string();
+    let client = paho_mqtt::Client::new(local.url()).unwrap();
+    client.connect(None).unwrap();
+    let retained = paho_mqtt::MessageBuilder::new()
+        .topic(LOCAL_RECEIVE)
+        .payload(job)
+        .qos(1)
+        .retained(true)
+        .finalize();
+    client.publish(retained).unwrap();
+    let c = confirms.recv_json(DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "no confirm for the local job after the flaps; log:\n{}",
+            gw.log()
+        )
+    });
+    seen.push(c["file_name"].as_str().unwrap().to_string());
+    let done = statuses_until_done(&statuses, "after");
+    assert_eq!(done.last().unwrap()["status"], "INSTALLED", "{done:?}");
+    let mut want: Vec<String> = (0..JOBS).map(|i| format!("flap-{i}")).collect();
+    want.push("after".into());
+    seen.sort();
+    want.sort();
+    assert_eq!(seen, want, "every job confirmed once");
+    assert!(gw.is_running());
+}
