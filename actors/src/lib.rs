@@ -24,31 +24,31 @@
 //! [`scarecro_topics`] maps received topics to addresses the way SCARECRO does
 //! when the settings come from a SCARECRO folder.
 
-pub mod durable;
-pub mod egress;
+pub(crate) mod durable;
+pub(crate) mod egress;
 pub mod firmware;
 pub mod fleet;
-pub mod hashes;
-pub mod http;
-pub mod ingress;
-pub mod job;
-pub mod journal;
-pub mod messages;
-pub mod metrics;
+pub(crate) mod hashes;
+pub(crate) mod http;
+pub(crate) mod ingress;
+pub(crate) mod job;
+pub(crate) mod journal;
+pub(crate) mod messages;
+pub(crate) mod metrics;
 pub mod mqtt;
 pub mod paths;
-pub mod plan;
-pub mod router;
-pub mod s3_carrier;
-pub mod s3_response;
-pub mod scarecro_topics;
-pub mod service;
+pub(crate) mod plan;
+pub(crate) mod router;
+pub(crate) mod s3_carrier;
+pub(crate) mod s3_response;
+pub(crate) mod scarecro_topics;
+pub(crate) mod service;
 pub mod signature;
-pub mod spool;
-pub mod staging;
-pub mod status;
+pub(crate) mod spool;
+pub(crate) mod staging;
+pub(crate) mod status;
 pub mod time;
-pub mod writer;
+pub(crate) mod writer;
 
 pub use plan::{Plan, PlanError};
 pub use service::{Service, StartError};

@@ -59,11 +59,6 @@ impl TaskRouter {
         self.fleet = Some(fleet);
         self
     }
-
-    /// Message types some task consumes.
-    pub fn message_types(&self) -> impl Iterator<Item = &str> {
-        self.routes.keys().map(String::as_str)
-    }
 }
 
 impl Actor for TaskRouter {

@@ -278,7 +278,7 @@ impl Handler<RunTask> for S3CarrierActor {
                         .get("file_name")
                         .and_then(|v| v.as_str())
                         .unwrap_or_default();
-                    error!(msg_id = %env.msg_id, task = %run.task, reason = %Reason::InvalidMessage, error = %e,
+                    error!(msg_id = %env.msg_id, task = %run.task, function = %run.function, reason = %Reason::InvalidMessage, error = %e,
                         "invalid firmware_image rejected; nothing was written");
                     runner
                         .status()

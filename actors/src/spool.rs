@@ -69,10 +69,6 @@ impl Spool {
         self.next.fetch_max(seq + 1, Ordering::Relaxed);
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn path(&self, seq: u64) -> PathBuf {
         self.dir.join(format!("{seq:020}.msg"))
     }

@@ -95,7 +95,6 @@ pub struct FleetLinks {
 #[must_use = "keep the server to stop it"]
 pub struct FirmwareServer {
     handle: ServerHandle,
-    addrs: Vec<SocketAddr>,
 }
 
 impl FirmwareServer {
@@ -156,12 +155,7 @@ impl FirmwareServer {
         for addr in &addrs {
             info!(%addr, "firmware server listening");
         }
-        Ok(Some(Self { handle, addrs }))
-    }
-
-    /// The bound addresses (with the port chosen when the settings gave 0).
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+        Ok(Some(Self { handle }))
     }
 
     /// Stops accepting, lets downloads in flight finish for a few seconds,
