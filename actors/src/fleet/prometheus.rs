@@ -25,6 +25,7 @@ pub fn render(report: &StatusReport, m: &Metrics) -> String {
     );
     served(&mut out, m);
     devices(&mut out, report);
+    staged(&mut out, report);
     family(
         &mut out,
         "gator_ota_mqtt_connected",
@@ -130,6 +131,61 @@ fn devices(out: &mut String, report: &StatusReport) {
                 label(state)
             );
         }
+    }
+}
+
+/// Each staged rollout's wave, whether it is stopped, and its counts.
+fn staged(out: &mut String, report: &StatusReport) {
+    let staged: Vec<_> = report
+        .images
+        .iter()
+        .filter_map(|i| i.staged.as_ref().map(|s| (i, s)))
+        .collect();
+    if staged.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "gator_ota_rollout_wave",
+        "gauge",
+        "The staged rollout's current wave (0: the canary).",
+    );
+    for (i, s) in &staged {
+        let (url, image) = (label(&i.url), label(i.image.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "gator_ota_rollout_wave{{pointer=\"{url}\",image=\"{image}\"}} {}",
+            s.wave
+        );
+    }
+    family(
+        out,
+        "gator_ota_rollout_stopped",
+        "gauge",
+        "1 while the staged rollout is paused or aborted.",
+    );
+    for (i, s) in &staged {
+        let (url, image) = (label(&i.url), label(i.image.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "gator_ota_rollout_stopped{{pointer=\"{url}\",image=\"{image}\",status=\"{}\"}} {}",
+            label(&s.status),
+            u8::from(s.status != "running")
+        );
+    }
+    family(
+        out,
+        "gator_ota_rollout_admitted_devices",
+        "gauge",
+        "Devices the staged rollout has admitted so far.",
+    );
+    for (i, s) in &staged {
+        let (url, image) = (label(&i.url), label(i.image.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "gator_ota_rollout_admitted_devices{{pointer=\"{url}\",image=\"{image}\"}} {}",
+            s.admitted
+        );
     }
 }
 

@@ -42,6 +42,7 @@ use gator_ota_settings::Http;
 use tracing::info;
 
 use crate::fleet::GetReport;
+use crate::fleet::rollout::Gate;
 use crate::journal::Journal;
 use crate::paths::{Confinement, PathError};
 use actix::Recipient;
@@ -89,6 +90,8 @@ pub struct FleetLinks {
     pub tap: Tap,
     /// Where the fleet's endpoints get their report; `None`: fleet view off.
     pub reports: Option<Recipient<GetReport>>,
+    /// Which devices may take an image now; `None`: staged rollouts off.
+    pub rollout: Option<Arc<Gate>>,
 }
 
 /// The running server; [`FirmwareServer::stop`] ends it.
@@ -129,6 +132,7 @@ impl FirmwareServer {
             catalog: Catalog::new(journal, pointers),
             log,
             fleet: fleet.reports,
+            rollout: fleet.rollout,
         });
         let mut server = HttpServer::new(move || {
             App::new()
