@@ -575,7 +575,7 @@ pub fn report_from_disk(settings: &gator_ota_settings::Settings) -> StatusReport
     let staged = std::fs::read(state.join(ROLLOUT_FILE))
         .ok()
         .and_then(|b| Rollouts::from_json(&b).ok())
-        .unwrap_or_else(Rollouts::new);
+        .unwrap_or_default();
     let root = settings
         .allowed_roots()
         .into_iter()

@@ -145,13 +145,19 @@ impl Rollout {
 }
 
 /// Every pointer's rollout and the pinned devices: what `rollout.json` holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollouts {
     pub format: u32,
     /// By pointer URL.
     pub pointers: BTreeMap<String, Rollout>,
     /// MAC → the only image it is served.
     pub pins: BTreeMap<String, String>,
+}
+
+impl Default for Rollouts {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// What the firmware server does with one image request.
@@ -166,7 +172,8 @@ impl Rollouts {
     pub fn new() -> Self {
         Self {
             format: FORMAT,
-            ..Default::default()
+            pointers: BTreeMap::new(),
+            pins: BTreeMap::new(),
         }
     }
 
