@@ -240,6 +240,42 @@ mod tests {
     }
 
     #[test]
+    fn a_staged_rollout_has_its_wave_status_and_admitted_devices() {
+        let mut report = crate::fleet::report::tests::sample("e");
+        let text = render(&report, &Metrics::default());
+        assert!(!text.contains("gator_ota_rollout_wave"), "rollouts off");
+        report.images[0].staged = Some(crate::fleet::report::StagedView {
+            status: "paused".into(),
+            wave: 1,
+            waves: 3,
+            share: 10,
+            admitted: 4,
+            confirmed: 2,
+            failed: 2,
+            reason: Some("2 of 4 devices failed".into()),
+            previous: None,
+            wave_started: String::new(),
+        });
+        let text = render(&report, &Metrics::default());
+        let at = "pointer=\"/current_version.txt\",image=\"datagator_v1.0.1.bin\"";
+        for line in [
+            format!("gator_ota_rollout_wave{{{at}}} 1"),
+            format!("gator_ota_rollout_stopped{{{at},status=\"paused\"}} 1"),
+            format!("gator_ota_rollout_admitted_devices{{{at}}} 4"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for name in ["gator_ota_rollout_wave", "gator_ota_rollout_stopped"] {
+            assert!(text.contains(&format!("# TYPE {name} gauge")), "{name}");
+        }
+        let summary = report.to_text();
+        assert!(
+            summary.contains("staged rollout: wave 1 of 3 (10%), paused: 2 of 4 devices failed; 4 admitted, 2 confirmed, 2 failed"),
+            "{summary}"
+        );
+    }
+
+    #[test]
     fn labels_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
