@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 const IMAGE: &str = "datagator_v1.0.1.bin";
 const CONTROL_TOPIC: &str = "scarecro/rollout";
+const FLEET_TOPIC: &str = "scarecro/fleet_status";
 
 /// A gateway with staged rollouts on: `rollout` is the `[rollout]` table's
 /// body (after `enabled = true`).
@@ -27,6 +28,8 @@ fn rollout_settings(world: &World, rollout: &str) -> PathBuf {
     let file = world.dir.path().join("rollout.toml");
     let toml = format!(
         "[fleet]\nboot_grace = \"1s\"\nstatus_min_interval = \"100ms\"\nstatus_interval = \"2s\"\n\
+         [addresses.cloud_fleet]\ncarrier = \"mqtt\"\nsend_or_receive = \"send\"\n\
+         message_type = [\"fleet_status\"]\nduration = \"on_message\"\ntopic = \"{FLEET_TOPIC}\"\n\
          [rollout]\nenabled = true\nwave_wait = \"300ms\"\n{rollout}\n"
     );
     std::fs::write(&file, toml).unwrap();
@@ -273,6 +276,12 @@ fn a_staged_rollout_goes_canary_then_two_waves() {
     );
     assert_eq!(round(&mut devices, http), BTreeSet::new(), "all up to date");
 
+    let fleet_status = Subscriber::new(&world.broker.url(), FLEET_TOPIC);
+    wait_until(DEADLINE, "a fleet_status with the last wave", || {
+        fleet_status
+            .recv_json(Duration::from_millis(500))
+            .is_some_and(|m| m["images"][0]["staged"]["wave"] == 2)
+    });
     let (_, metrics) = http_get(http, "/metrics", &[]);
     let metrics = String::from_utf8(metrics).unwrap();
     let wave =
