@@ -9,6 +9,10 @@
 //! thread, at most once a second, and answers [`GetReport`] with the
 //! [`report::StatusReport`] that `/status.json`, `/metrics`, `/healthz`, the
 //! status page ([`page`]) and the `fleet_status` message are made from.
+//! With `rollout.enabled` it also advances the staged rollouts
+//! ([`rollout`]) once a tick, keeps them in `<state>/rollout.json`, applies
+//! the cloud's `rollout` messages and hands each change to the
+//! [`rollout::Gate`] the firmware server decides with.
 
 pub mod device;
 pub mod page;

@@ -14,7 +14,8 @@
 //!   or compressed; `HEAD`; one `Range` ([`range`]); a strong ETag that is
 //!   the image's SHA-256; `x-MD5` and `x-SHA256`; `304` for
 //!   `If-None-Match` and for a device whose `x-ESP32-sketch-md5` is the
-//!   image's.
+//!   image's; with staged rollouts on, `304` for a device outside the
+//!   current wave ([`crate::fleet::rollout`]).
 //!
 //! Every image request is recorded per device ([`device_log`]). With the
 //! fleet view on, the server also answers `/status.json`, `/healthz`,
