@@ -731,6 +731,16 @@ mod tests {
     }
 
     #[test]
+    fn a_rollout_state_that_does_not_read_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_rollouts(dir.path()), Rollouts::new(), "no file yet");
+        std::fs::write(dir.path().join(ROLLOUT_FILE), b"{\"format\":9}").unwrap();
+        assert_eq!(load_rollouts(dir.path()), Rollouts::new());
+        assert!(dir.path().join("rollout.json.bad").exists());
+        assert!(!dir.path().join(ROLLOUT_FILE).exists());
+    }
+
+    #[test]
     fn a_registry_that_does_not_read_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FLEET_FILE), b"{broken").unwrap();
