@@ -71,9 +71,10 @@ impl Handler<Envelope> for TaskRouter {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, envelope: Envelope, _: &mut Context<Self>) -> Self::Result {
-        if gator_ota_settings::DEVICE_MESSAGE_TYPES.contains(&envelope.msg_type.as_str())
-            && let Some(fleet) = self.fleet.clone()
-        {
+        let for_fleet = gator_ota_settings::DEVICE_MESSAGE_TYPES
+            .contains(&envelope.msg_type.as_str())
+            || envelope.msg_type == gator_ota_settings::ROLLOUT;
+        if for_fleet && let Some(fleet) = self.fleet.clone() {
             return Box::pin(async move {
                 if let Err(e) = fleet.send(envelope).await {
                     error!(error = %e, "the device registry did not take a device message");

@@ -18,6 +18,7 @@ use paho_mqtt as paho;
 use tracing::{info, warn};
 
 use crate::egress::{EgressConfig, Fanout, MqttEgress, Route};
+use crate::fleet::rollout::Gate;
 use crate::fleet::{FleetActor, FleetConfig, Flush};
 use crate::http::device_log::Tap;
 use crate::http::{FirmwareServer, FleetLinks, HttpError};
@@ -107,7 +108,15 @@ impl Service {
         };
         let (journal, pending) = Journal::open(&state).map_err(folder_err(&state))?;
         let journal = Arc::new(journal);
-        let fleet = start_fleet(&plan, &links, &fanout, &journal, &metrics, &confinement);
+        let gate = rollout_gate(&plan, &state);
+        let fleet =
+            start_fleet(&plan, &links, &fanout, &journal, &metrics, &confinement).map(|cfg| {
+                FleetActor::load(FleetConfig {
+                    rollout: gate.clone(),
+                    ..cfg
+                })
+                .start()
+            });
         let http = start_http(
             &plan,
             &confinement,
@@ -115,6 +124,7 @@ impl Service {
             &state,
             metrics,
             fleet.as_ref(),
+            gate,
         )?;
         let mut inboxes = Vec::new();
         for link in &links {
@@ -242,8 +252,10 @@ fn start_http(
     state: &Path,
     metrics: Arc<Metrics>,
     fleet: Option<&Addr<FleetActor>>,
+    rollout: Option<Arc<Gate>>,
 ) -> Result<Option<FirmwareServer>, StartError> {
     let links = FleetLinks {
+        rollout,
         tap: Tap {
             metrics,
             fleet: fleet.map(|f| f.clone().recipient()),
@@ -260,8 +272,19 @@ fn start_http(
     )?)
 }
 
-/// The device registry, when `fleet.enabled`: its saved state is read here
-/// (blocking, at start-up), before any device message can arrive.
+/// The staged rollouts, when `rollout.enabled` (which needs the fleet
+/// view): the saved state is read here, blocking, at start-up.
+fn rollout_gate(plan: &Plan, state: &Path) -> Option<Arc<Gate>> {
+    let s = &plan.settings;
+    (s.rollout.enabled && s.fleet.enabled).then(|| {
+        let policy = crate::fleet::rollout::Policy::from_settings(&s.rollout);
+        Gate::new(policy, crate::fleet::load_rollouts(state))
+    })
+}
+
+/// The device registry's configuration, when `fleet.enabled`; its saved
+/// state is read when the actor is made (blocking, at start-up), before any
+/// device message can arrive.
 fn start_fleet(
     plan: &Plan,
     links: &[Link],
@@ -269,7 +292,7 @@ fn start_fleet(
     journal: &Arc<Journal>,
     metrics: &Arc<Metrics>,
     confinement: &Confinement,
-) -> Option<Addr<FleetActor>> {
+) -> Option<FleetConfig> {
     let settings = &plan.settings;
     if !settings.fleet.enabled {
         return None;
@@ -303,8 +326,9 @@ fn start_fleet(
             .map(|l| (l.plan.name.clone(), l.client.clone()))
             .collect(),
         egress: sends.then(|| fanout.clone()),
+        rollout: None,
     };
-    Some(FleetActor::load(cfg).start())
+    Some(cfg)
 }
 
 /// Where jobs and statuses publish: every carrier's egress, by message type.

@@ -12,7 +12,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use crate::load::{ENV_PREFIX, Env};
 use crate::merged::{ENTRIES, Merged, env_key};
 use crate::{
-    Address, Firmware, Fleet, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, S3Carrier,
+    Address, Firmware, Fleet, Http, Jobs, MessageSpec, MqttCarrier, Pipeline, Rollout, S3Carrier,
     SettingsError as E, System, Task,
 };
 
@@ -24,6 +24,7 @@ const SECTIONS: &[&str] = &[
     "jobs",
     "http",
     "fleet",
+    "rollout",
     "messages",
     "carriers",
     "addresses",
@@ -133,6 +134,7 @@ fn section_fields(section: &str) -> &'static [&'static str] {
         "jobs" => fields::<Jobs>(),
         "http" => fields::<Http>(),
         "fleet" => fields::<Fleet>(),
+        "rollout" => fields::<Rollout>(),
         _ => &[],
     }
 }

@@ -14,7 +14,8 @@
 //! stacks the layers, `keys` refuses unknown sections and keys, `merged`
 //! types the stacked tree with errors that name the full key, `validate`
 //! checks the values, [`Http`] is the firmware server's `[http]`, [`Fleet`]
-//! the device registry's `[fleet]`,
+//! the device registry's `[fleet]`, [`Rollout`] the staged rollouts'
+//! `[rollout]`,
 //! [`scarecro`] reads a SCARECRO gateway's configuration folder into a layer
 //! of its own.
 
@@ -24,6 +25,7 @@ mod http;
 mod keys;
 mod load;
 mod merged;
+mod rollout;
 pub mod scarecro;
 pub mod secret;
 mod validate;
@@ -42,6 +44,7 @@ pub use fleet::{
 };
 pub use http::{Http, PointerUrl};
 pub use load::{ENV_PREFIX, ENV_SETTINGS_FILE, Env, load, load_with_env};
+pub use rollout::{ROLLOUT, Rollout, normal_mac};
 pub use scarecro::{Loaded, ScarecroError, TopicRoute, load_all, load_all_with_env};
 pub use secret::Secret;
 
@@ -85,6 +88,7 @@ pub struct Settings {
     pub jobs: Jobs,
     pub http: Http,
     pub fleet: Fleet,
+    pub rollout: Rollout,
     pub messages: BTreeMap<String, MessageSpec>,
     pub carriers: BTreeMap<String, Carrier>,
     pub addresses: BTreeMap<String, Address>,

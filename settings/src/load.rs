@@ -77,6 +77,7 @@ pub(crate) fn load_layers(
         jobs: merged.section("jobs")?,
         http: merged.section("http")?,
         fleet: merged.section("fleet")?,
+        rollout: merged.section("rollout")?,
         messages: merged.section("messages")?,
         carriers: BTreeMap::new(),
         addresses: merged.section("addresses")?,

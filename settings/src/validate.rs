@@ -20,6 +20,7 @@ impl Settings {
         self.validate_firmware()?;
         self.http.validate()?;
         self.fleet.validate(&self.http)?;
+        self.rollout.validate(self.fleet.enabled)?;
         self.validate_messages()?;
         for (name, c) in &self.carriers {
             self.validate_carrier(name, c)?;

@@ -9,12 +9,17 @@
 //! thread, at most once a second, and answers [`GetReport`] with the
 //! [`report::StatusReport`] that `/status.json`, `/metrics`, `/healthz`, the
 //! status page ([`page`]) and the `fleet_status` message are made from.
+//! With `rollout.enabled` it also advances the staged rollouts
+//! ([`rollout`]) once a tick, keeps them in `<state>/rollout.json`, applies
+//! the cloud's `rollout` messages and hands each change to the
+//! [`rollout::Gate`] the firmware server decides with.
 
 pub mod device;
 pub mod page;
 pub mod prometheus;
 pub mod registry;
 pub mod report;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +43,7 @@ use crate::metrics::Metrics;
 use device::Mac;
 use registry::{Judgement, Registry};
 use report::{CarrierState, Health, StatusReport, Target};
+use rollout::{Gate, ROLLOUT_FILE, Rollouts};
 
 /// The registry's file in the state folder.
 pub const FLEET_FILE: &str = "fleet.json";
@@ -82,6 +88,18 @@ pub struct FleetConfig {
     pub carriers: Vec<(String, paho::AsyncClient)>,
     /// Where `fleet_status` goes; `None` when no send address carries it.
     pub egress: Option<Recipient<Publish>>,
+    /// The staged rollouts the firmware server asks; `None`: rollouts off.
+    pub rollout: Option<Arc<Gate>>,
+}
+
+/// The staged rollouts, while `rollout.enabled`: the state this actor
+/// advances, and the gate it hands each change to.
+struct Staged {
+    gate: Arc<Gate>,
+    state: Rollouts,
+    dirty: bool,
+    saving: bool,
+    writer: RegistryWriter,
 }
 
 pub struct FleetActor {
@@ -96,6 +114,7 @@ pub struct FleetActor {
     writer: RegistryWriter,
     last_sent: Option<Instant>,
     last_fingerprint: String,
+    staged: Option<Staged>,
 }
 
 impl FleetActor {
@@ -105,6 +124,13 @@ impl FleetActor {
         let registry = load_registry(&cfg.state_dir, cfg.settings.max_devices);
         let judgement = judgement(&cfg.settings);
         let writer = RegistryWriter::new(&cfg.state_dir);
+        let staged = cfg.rollout.clone().map(|gate| Staged {
+            state: gate.snapshot(),
+            gate,
+            dirty: false,
+            saving: false,
+            writer: RegistryWriter::at(cfg.state_dir.join(ROLLOUT_FILE)),
+        });
         Self {
             cfg,
             registry,
@@ -116,6 +142,7 @@ impl FleetActor {
             writer,
             last_sent: None,
             last_fingerprint: String::new(),
+            staged,
         }
     }
 
@@ -130,6 +157,10 @@ impl FleetActor {
             carriers: self.carrier_states(),
             health: Some(self.health()),
             jobs: self.cfg.metrics.recent(),
+            staged: self
+                .staged
+                .as_ref()
+                .map(|s| (&s.state, s.gate.policy.waves.as_slice())),
         })
     }
 
@@ -178,6 +209,8 @@ impl FleetActor {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.advance_rollouts();
+        self.save_rollouts(ctx);
         self.save(ctx);
         self.refresh(ctx);
         self.maybe_publish();
@@ -199,6 +232,68 @@ impl FleetActor {
                 act.dirty = true;
             }
         }));
+    }
+
+    /// Moves each staged rollout on from the devices' states; a change goes
+    /// to the firmware server at once.
+    fn advance_rollouts(&mut self) {
+        let Some(s) = self.staged.as_mut() else {
+            return;
+        };
+        let now = report::now_ms();
+        let policy = &s.gate.policy;
+        let before = s.state.clone();
+        if s.state
+            .advance(policy, &self.targets, &self.registry, now, self.judgement)
+        {
+            log_changes(&before, &s.state);
+            s.gate.publish(&s.state);
+            s.dirty = true;
+        }
+    }
+
+    /// Writes `rollout.json` when it changed, as [`Self::save`] does the
+    /// registry.
+    fn save_rollouts(&mut self, ctx: &mut Context<Self>) {
+        let Some(s) = self.staged.as_mut() else {
+            return;
+        };
+        if !s.dirty || s.saving {
+            return;
+        }
+        s.dirty = false;
+        s.saving = true;
+        let write = s.writer.write(s.state.to_json());
+        ctx.spawn(wrap_future::<_, Self>(write).map(|res, act, _| {
+            let Some(s) = act.staged.as_mut() else { return };
+            s.saving = false;
+            if let Err(e) = res {
+                error!(error = %e, file = ROLLOUT_FILE, "cannot save the rollout state; it is tried again");
+                s.dirty = true;
+            }
+        }));
+    }
+
+    /// A `rollout` message from the cloud; a bad one is logged with the
+    /// field at fault and changes nothing.
+    fn control(&mut self, env: &Envelope) {
+        let applied = match self.staged.as_mut() {
+            None => Err(rollout::ControlError::Off),
+            Some(s) => rollout::parse_control(&env.msg_content)
+                .and_then(|c| s.state.control(c, &self.targets)),
+        };
+        match applied {
+            Ok(done) => {
+                info!(msg_id = %env.msg_id, "{done}");
+                if let Some(s) = self.staged.as_mut() {
+                    s.gate.publish(&s.state);
+                    s.dirty = true;
+                }
+            }
+            Err(e) => {
+                warn!(msg_id = %env.msg_id, field = %e.field().unwrap_or("-"), error = %e, "rollout message refused")
+            }
+        }
     }
 
     /// Looks up what each pointer names and the free space, off the arbiter.
@@ -254,6 +349,50 @@ impl FleetActor {
                 self.last_fingerprint = fingerprint;
             }
             Err(e) => debug!(error = %e, "fleet_status not sent now; tried again at the next tick"),
+        }
+    }
+}
+
+/// A log line for each rollout that moved to another wave or status.
+fn log_changes(before: &Rollouts, after: &Rollouts) {
+    for (url, r) in &after.pointers {
+        let old = before.pointers.get(url).filter(|o| o.image == r.image);
+        match old {
+            None => {
+                info!(pointer = %url, image = %r.image, previous = ?r.previous, "staged rollout started")
+            }
+            Some(o) if o.wave != r.wave => {
+                info!(pointer = %url, image = %r.image, wave = r.wave, admitted = r.admitted, confirmed = r.confirmed, "staged rollout: next wave")
+            }
+            Some(o) if o.status != r.status => {
+                warn!(pointer = %url, image = %r.image, status = r.status.label(), reason = ?r.reason, "staged rollout stopped")
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// The rollout state a previous run saved, or none; a file that does not
+/// read is set aside as `rollout.json.bad`. Blocking; at start-up.
+pub fn load_rollouts(state_dir: &Path) -> Rollouts {
+    let path = state_dir.join(ROLLOUT_FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Rollouts::new();
+    };
+    match Rollouts::from_json(&bytes) {
+        Ok(r) => {
+            info!(
+                pointers = r.pointers.len(),
+                pins = r.pins.len(),
+                "rollout state loaded"
+            );
+            r
+        }
+        Err(e) => {
+            let aside = path.with_extension("json.bad");
+            let _ = std::fs::rename(&path, &aside);
+            warn!(path = %path.display(), error = %e, aside = %aside.display(), "the rollout state does not read; set aside, starting afresh");
+            Rollouts::new()
         }
     }
 }
@@ -319,6 +458,9 @@ impl Handler<Envelope> for FleetActor {
     /// A Data Gator's message; a malformed one is logged with what is wrong
     /// and changes nothing.
     fn handle(&mut self, env: Envelope, _: &mut Context<Self>) {
+        if env.msg_type == gator_ota_settings::ROLLOUT {
+            return self.control(&env);
+        }
         match device::parse(&env.msg_type, &env.topic, &env.msg_content) {
             Ok((mac, report)) => {
                 debug!(mac = mac.as_str(), msg_type = %env.msg_type, ?report, "device report");
@@ -356,9 +498,18 @@ impl Handler<Flush> for FleetActor {
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
         self.dirty = false;
         let write = self.writer.write(self.registry.to_json());
+        let staged = self.staged.as_mut().map(|s| {
+            s.dirty = false;
+            s.writer.write(s.state.to_json())
+        });
         Box::pin(async move {
             if let Err(e) = write.await {
                 error!(error = %e, "cannot save the device registry at stop");
+            }
+            if let Some(w) = staged
+                && let Err(e) = w.await
+            {
+                error!(error = %e, "cannot save the rollout state at stop");
             }
         })
     }
@@ -376,8 +527,12 @@ struct RegistryWriter {
 
 impl RegistryWriter {
     fn new(state_dir: &Path) -> Self {
+        Self::at(state_dir.join(FLEET_FILE))
+    }
+
+    fn at(path: PathBuf) -> Self {
         Self {
-            path: state_dir.join(FLEET_FILE),
+            path,
             asked: Default::default(),
             written: Default::default(),
         }
@@ -421,6 +576,10 @@ impl Handler<GetReport> for FleetActor {
 pub fn report_from_disk(settings: &gator_ota_settings::Settings) -> StatusReport {
     let state = settings.system.data_dir.join(crate::paths::STATE_DIR);
     let registry = load_registry_quietly(&state, settings.fleet.max_devices);
+    let staged = std::fs::read(state.join(ROLLOUT_FILE))
+        .ok()
+        .and_then(|b| Rollouts::from_json(&b).ok())
+        .unwrap_or_default();
     let root = settings
         .allowed_roots()
         .into_iter()
@@ -447,6 +606,10 @@ pub fn report_from_disk(settings: &gator_ota_settings::Settings) -> StatusReport
         carriers: Vec::new(),
         health: None,
         jobs: Vec::new(),
+        staged: settings
+            .rollout
+            .enabled
+            .then_some((&staged, settings.rollout.waves.as_slice())),
     })
 }
 
@@ -565,6 +728,16 @@ mod tests {
         new.await.unwrap();
         old.await.unwrap();
         assert_eq!(std::fs::read(dir.path().join(FLEET_FILE)).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_rollout_state_that_does_not_read_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_rollouts(dir.path()), Rollouts::new(), "no file yet");
+        std::fs::write(dir.path().join(ROLLOUT_FILE), b"{\"format\":9}").unwrap();
+        assert_eq!(load_rollouts(dir.path()), Rollouts::new());
+        assert!(dir.path().join("rollout.json.bad").exists());
+        assert!(!dir.path().join(ROLLOUT_FILE).exists());
     }
 
     #[test]

@@ -91,6 +91,9 @@ fn rollout(h: &mut String, image: &ImageRollout) {
         image.devices,
         parts.join(" · ")
     );
+    if let Some(s) = &image.staged {
+        let _ = write!(h, "<p>Staged rollout: {}</p>", esc(&s.describe()));
+    }
 }
 
 fn devices(h: &mut String, devices: &[DeviceView]) {

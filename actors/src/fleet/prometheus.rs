@@ -25,6 +25,7 @@ pub fn render(report: &StatusReport, m: &Metrics) -> String {
     );
     served(&mut out, m);
     devices(&mut out, report);
+    staged(&mut out, report);
     family(
         &mut out,
         "gator_ota_mqtt_connected",
@@ -133,6 +134,61 @@ fn devices(out: &mut String, report: &StatusReport) {
     }
 }
 
+/// Each staged rollout's wave, whether it is stopped, and its counts.
+fn staged(out: &mut String, report: &StatusReport) {
+    let staged: Vec<_> = report
+        .images
+        .iter()
+        .filter_map(|i| i.staged.as_ref().map(|s| (i, s)))
+        .collect();
+    if staged.is_empty() {
+        return;
+    }
+    family(
+        out,
+        "gator_ota_rollout_wave",
+        "gauge",
+        "The staged rollout's current wave (0: the canary).",
+    );
+    for (i, s) in &staged {
+        let (url, image) = (label(&i.url), label(i.image.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "gator_ota_rollout_wave{{pointer=\"{url}\",image=\"{image}\"}} {}",
+            s.wave
+        );
+    }
+    family(
+        out,
+        "gator_ota_rollout_stopped",
+        "gauge",
+        "1 while the staged rollout is paused or aborted.",
+    );
+    for (i, s) in &staged {
+        let (url, image) = (label(&i.url), label(i.image.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "gator_ota_rollout_stopped{{pointer=\"{url}\",image=\"{image}\",status=\"{}\"}} {}",
+            label(&s.status),
+            u8::from(s.status != "running")
+        );
+    }
+    family(
+        out,
+        "gator_ota_rollout_admitted_devices",
+        "gauge",
+        "Devices the staged rollout has admitted so far.",
+    );
+    for (i, s) in &staged {
+        let (url, image) = (label(&i.url), label(i.image.as_deref().unwrap_or("")));
+        let _ = writeln!(
+            out,
+            "gator_ota_rollout_admitted_devices{{pointer=\"{url}\",image=\"{image}\"}} {}",
+            s.admitted
+        );
+    }
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -181,6 +237,42 @@ mod tests {
                 "{name} has no TYPE"
             );
         }
+    }
+
+    #[test]
+    fn a_staged_rollout_has_its_wave_status_and_admitted_devices() {
+        let mut report = crate::fleet::report::tests::sample("e");
+        let text = render(&report, &Metrics::default());
+        assert!(!text.contains("gator_ota_rollout_wave"), "rollouts off");
+        report.images[0].staged = Some(crate::fleet::report::StagedView {
+            status: "paused".into(),
+            wave: 1,
+            waves: 3,
+            share: 10,
+            admitted: 4,
+            confirmed: 2,
+            failed: 2,
+            reason: Some("2 of 4 devices failed".into()),
+            previous: None,
+            wave_started: String::new(),
+        });
+        let text = render(&report, &Metrics::default());
+        let at = "pointer=\"/current_version.txt\",image=\"datagator_v1.0.1.bin\"";
+        for line in [
+            format!("gator_ota_rollout_wave{{{at}}} 1"),
+            format!("gator_ota_rollout_stopped{{{at},status=\"paused\"}} 1"),
+            format!("gator_ota_rollout_admitted_devices{{{at}}} 4"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for name in ["gator_ota_rollout_wave", "gator_ota_rollout_stopped"] {
+            assert!(text.contains(&format!("# TYPE {name} gauge")), "{name}");
+        }
+        let summary = report.to_text();
+        assert!(
+            summary.contains("staged rollout: wave 1 of 3 (10%), paused: 2 of 4 devices failed; 4 admitted, 2 confirmed, 2 failed"),
+            "{summary}"
+        );
     }
 
     #[test]

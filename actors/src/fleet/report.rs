@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::device::Version;
 use super::registry::{Device, Judgement, Registry, RolloutState};
+use super::rollout::Rollouts;
 use crate::metrics::JobSummary;
 
 /// An image a pointer names, the one the Data Gators polling it should run.
@@ -54,6 +55,48 @@ pub struct ImageRollout {
     pub devices: usize,
     /// Devices per state: pending, downloading, finished, confirmed, failed.
     pub states: BTreeMap<String, usize>,
+    /// The staged rollout of the image, while `rollout.enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedView>,
+}
+
+/// Where a staged rollout stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagedView {
+    /// `running`, `paused` or `aborted`.
+    pub status: String,
+    /// 0: the canary; n: wave n of `waves`.
+    pub wave: usize,
+    pub waves: usize,
+    /// Percent of the fleet the current wave reaches (0 for the canary).
+    pub share: u8,
+    /// Devices admitted so far, and of those confirmed and failed.
+    pub admitted: usize,
+    pub confirmed: usize,
+    pub failed: usize,
+    pub reason: Option<String>,
+    pub previous: Option<String>,
+    pub wave_started: String,
+}
+
+impl StagedView {
+    /// `canary` or `wave 2 of 3 (50%)`, and the status.
+    pub fn describe(&self) -> String {
+        let stage = if self.wave == 0 {
+            "canary".to_string()
+        } else {
+            format!("wave {} of {} ({}%)", self.wave, self.waves, self.share)
+        };
+        let reason = self
+            .reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        format!(
+            "{stage}, {}{reason}; {} admitted, {} confirmed, {} failed",
+            self.status, self.admitted, self.confirmed, self.failed
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -107,6 +150,9 @@ pub struct StatusReport {
     pub devices: Vec<DeviceView>,
     /// The last jobs that ended, newest first.
     pub jobs: Vec<JobSummary>,
+    /// Devices pinned to one image by a `rollout` message (MAC → image).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pins: BTreeMap<String, String>,
 }
 
 /// What a report is made from.
@@ -120,6 +166,8 @@ pub struct Input<'a> {
     pub carriers: Vec<CarrierState>,
     pub health: Option<Health>,
     pub jobs: Vec<JobSummary>,
+    /// The staged rollouts and `rollout.waves`, while `rollout.enabled`.
+    pub staged: Option<(&'a Rollouts, &'a [u8])>,
 }
 
 pub fn build(input: Input) -> StatusReport {
@@ -127,7 +175,11 @@ pub fn build(input: Input) -> StatusReport {
     let images = input
         .targets
         .iter()
-        .map(|t| rollout(t, input.registry, now, input.judgement))
+        .map(|t| {
+            let mut r = rollout(t, input.registry, now, input.judgement);
+            r.staged = input.staged.and_then(|(s, waves)| staged(t, s, waves));
+            r
+        })
         .collect();
     let first = input.targets.first().and_then(Target::version);
     let mut devices: Vec<&Device> = input.registry.devices.values().collect();
@@ -150,7 +202,35 @@ pub fn build(input: Input) -> StatusReport {
             .map(|d| view(d, first.as_ref(), now, input.judgement))
             .collect(),
         jobs: input.jobs,
+        pins: input
+            .staged
+            .map(|(s, _)| s.pins.clone())
+            .unwrap_or_default(),
     }
+}
+
+fn staged(t: &Target, s: &Rollouts, waves: &[u8]) -> Option<StagedView> {
+    let r = s
+        .pointers
+        .get(&t.url)
+        .filter(|r| Some(&r.image) == t.image.as_ref())?;
+    Some(StagedView {
+        status: r.status.label().to_string(),
+        wave: r.wave,
+        waves: waves.len(),
+        share: r
+            .wave
+            .checked_sub(1)
+            .and_then(|i| waves.get(i))
+            .copied()
+            .unwrap_or(0),
+        admitted: r.admitted,
+        confirmed: r.confirmed,
+        failed: r.failed,
+        reason: r.reason.clone(),
+        previous: r.previous.clone(),
+        wave_started: rfc3339(r.wave_started_at),
+    })
 }
 
 fn rollout(t: &Target, registry: &Registry, now: i64, j: Judgement) -> ImageRollout {
@@ -172,6 +252,7 @@ fn rollout(t: &Target, registry: &Registry, now: i64, j: Judgement) -> ImageRoll
         version: version.map(|v| v.as_str().to_string()),
         devices: registry.devices.len(),
         states,
+        staged: None,
     }
 }
 
@@ -269,6 +350,9 @@ impl StatusReport {
         for i in &self.images {
             text_image(&mut t, i);
         }
+        for (mac, image) in &self.pins {
+            let _ = writeln!(t, "pinned: {mac} to {image}");
+        }
         self.text_devices(&mut t);
         for j in &self.jobs {
             let reason = j.reason.as_deref().map(|r| format!(" {r}"));
@@ -355,6 +439,9 @@ fn text_image(t: &mut String, i: &ImageRollout) {
         i.devices,
         states.join(", ")
     );
+    if let Some(s) = &i.staged {
+        let _ = writeln!(t, "  staged rollout: {}", s.describe());
+    }
 }
 
 /// A carrier's link, as the summaries write it.
@@ -412,6 +499,7 @@ pub(crate) mod tests {
             }],
             health: None,
             jobs: Vec::new(),
+            staged: None,
         })
     }
 

@@ -14,7 +14,8 @@
 //!   or compressed; `HEAD`; one `Range` ([`range`]); a strong ETag that is
 //!   the image's SHA-256; `x-MD5` and `x-SHA256`; `304` for
 //!   `If-None-Match` and for a device whose `x-ESP32-sketch-md5` is the
-//!   image's.
+//!   image's; with staged rollouts on, `304` for a device outside the
+//!   current wave ([`crate::fleet::rollout`]).
 //!
 //! Every image request is recorded per device ([`device_log`]). With the
 //! fleet view on, the server also answers `/status.json`, `/healthz`,
@@ -42,6 +43,7 @@ use gator_ota_settings::Http;
 use tracing::info;
 
 use crate::fleet::GetReport;
+use crate::fleet::rollout::Gate;
 use crate::journal::Journal;
 use crate::paths::{Confinement, PathError};
 use actix::Recipient;
@@ -89,6 +91,8 @@ pub struct FleetLinks {
     pub tap: Tap,
     /// Where the fleet's endpoints get their report; `None`: fleet view off.
     pub reports: Option<Recipient<GetReport>>,
+    /// Which devices may take an image now; `None`: staged rollouts off.
+    pub rollout: Option<Arc<Gate>>,
 }
 
 /// The running server; [`FirmwareServer::stop`] ends it.
@@ -128,6 +132,7 @@ impl FirmwareServer {
             catalog: Catalog::new(journal, pointers),
             log,
             fleet: fleet.reports,
+            rollout: fleet.rollout,
         });
         let mut server = HttpServer::new(move || {
             App::new()

@@ -23,6 +23,8 @@ use super::catalog::{Catalog, Miss, Opened, Source};
 use super::device_log::{DeviceLog, DeviceRecord};
 use super::range::{self, Wanted};
 use crate::fleet::GetReport;
+use crate::fleet::device::Mac;
+use crate::fleet::rollout::{Decision, Gate};
 use crate::paths::check_file_name;
 use actix::Recipient;
 
@@ -43,6 +45,8 @@ pub(crate) struct State {
     pub log: DeviceLog,
     /// The device registry, for the fleet's endpoints ([`super::status`]).
     pub fleet: Option<Recipient<GetReport>>,
+    /// The staged rollouts; `None` while they are off.
+    pub rollout: Option<Arc<Gate>>,
 }
 
 pub(crate) async fn serve(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
@@ -69,9 +73,33 @@ pub(crate) async fn serve(req: HttpRequest, state: web::Data<State>) -> HttpResp
         return not_found(&req, Miss::Unknown);
     };
     match state.catalog.image(&name).await {
-        Ok(opened) => image(&req, opened, &state.log, head),
+        Ok(opened) => match held(&req, &opened, state.rollout.as_deref()) {
+            Some(reason) => not_in_wave(&req, &opened, &state.log, &reason),
+            None => image(&req, opened, &state.log, head),
+        },
         Err(miss) => not_found(&req, miss),
     }
+}
+
+/// Why a staged rollout holds this device back from the image, if it does.
+fn held(req: &HttpRequest, opened: &Opened, gate: Option<&Gate>) -> Option<String> {
+    let mac = header_str(req, "x-esp32-sta-mac").and_then(Mac::parse);
+    match gate?.decide(mac.as_ref(), &opened.image.file_name) {
+        Decision::Serve => None,
+        Decision::Hold(reason) => Some(reason),
+    }
+}
+
+/// `304` for a device outside the rollout's current wave: HTTPUpdate takes
+/// it as "no update" and the device stays on its version.
+fn not_in_wave(req: &HttpRequest, opened: &Opened, log: &DeviceLog, reason: &str) -> HttpResponse {
+    let image = &opened.image;
+    debug!(image = %image.file_name, mac = ?header_str(req, "x-esp32-sta-mac"), reason, "held back by the staged rollout");
+    let mut record = new_record(req, &image.file_name, &image.sha256);
+    record.status = 304;
+    record.completed = true;
+    log.record(record);
+    HttpResponse::NotModified().finish()
 }
 
 fn not_found(req: &HttpRequest, miss: Miss) -> HttpResponse {
