@@ -191,12 +191,18 @@ impl FleetActor {
         }
         self.dirty = false;
         self.saving = true;
-        let write = self.writer.write(self.registry.to_json());
-        ctx.spawn(wrap_future::<_, Self>(write).map(|res, act, _| {
+        let t = Instant::now();
+        let bytes = self.registry.to_json();
+        let (len, serialise) = (bytes.len(), t.elapsed());
+        let write = self.writer.write(bytes);
+        ctx.spawn(wrap_future::<_, Self>(write).map(move |res, act, _| {
             act.saving = false;
-            if let Err(e) = res {
-                error!(error = %e, file = FLEET_FILE, "cannot save the device registry; it is tried again");
-                act.dirty = true;
+            match res {
+                Ok(took) => act.cfg.metrics.registry_saved(len, serialise, took),
+                Err(e) => {
+                    error!(error = %e, file = FLEET_FILE, "cannot save the device registry; it is tried again");
+                    act.dirty = true;
+                }
             }
         }));
     }
@@ -319,6 +325,7 @@ impl Handler<Envelope> for FleetActor {
     /// A Data Gator's message; a malformed one is logged with what is wrong
     /// and changes nothing.
     fn handle(&mut self, env: Envelope, _: &mut Context<Self>) {
+        self.cfg.metrics.device_message();
         match device::parse(&env.msg_type, &env.topic, &env.msg_content) {
             Ok((mac, report)) => {
                 debug!(mac = mac.as_str(), msg_type = %env.msg_type, ?report, "device report");
@@ -386,7 +393,7 @@ impl RegistryWriter {
     fn write(
         &self,
         bytes: Vec<u8>,
-    ) -> impl std::future::Future<Output = std::io::Result<()>> + use<> {
+    ) -> impl std::future::Future<Output = std::io::Result<Duration>> + use<> {
         let n = self
             .asked
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -396,11 +403,12 @@ impl RegistryWriter {
             let done = tokio::task::spawn_blocking(move || {
                 let mut written = me.written.lock().unwrap_or_else(|p| p.into_inner());
                 if *written > n {
-                    return Ok(());
+                    return Ok(Duration::ZERO);
                 }
+                let t = Instant::now();
                 write_atomic(&me.path, &bytes)?;
                 *written = n;
-                Ok(())
+                Ok(t.elapsed())
             });
             done.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
         }
