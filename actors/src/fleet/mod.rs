@@ -183,22 +183,26 @@ impl FleetActor {
         self.maybe_publish();
     }
 
-    /// Writes the registry when it changed, off the arbiter thread; one
-    /// write at a time, the next tick takes what came meanwhile.
+    /// Writes the registry when it changed; one write at a time, the next
+    /// tick takes what came meanwhile. Only the snapshot (a pointer per
+    /// device) is taken on the arbiter thread: serialising and writing
+    /// happen on a blocking one.
     fn save(&mut self, ctx: &mut Context<Self>) {
         if !self.dirty || self.saving {
             return;
         }
         self.dirty = false;
         self.saving = true;
-        let t = Instant::now();
-        let bytes = self.registry.to_json();
-        let (len, serialise) = (bytes.len(), t.elapsed());
-        let write = self.writer.write(bytes);
+        let snapshot = self.registry.snapshot();
+        let write = self.writer.write(move || snapshot.to_json());
         ctx.spawn(wrap_future::<_, Self>(write).map(move |res, act, _| {
             act.saving = false;
             match res {
-                Ok(took) => act.cfg.metrics.registry_saved(len, serialise, took),
+                Ok(Some(s)) => act
+                    .cfg
+                    .metrics
+                    .registry_saved(s.bytes, s.serialise, s.write),
+                Ok(None) => {}
                 Err(e) => {
                     error!(error = %e, file = FLEET_FILE, "cannot save the device registry; it is tried again");
                     act.dirty = true;
@@ -362,13 +366,21 @@ impl Handler<Flush> for FleetActor {
     /// cannot land after it ([`RegistryWriter`]).
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
         self.dirty = false;
-        let write = self.writer.write(self.registry.to_json());
+        let snapshot = self.registry.snapshot();
+        let write = self.writer.write(move || snapshot.to_json());
         Box::pin(async move {
             if let Err(e) = write.await {
                 error!(error = %e, "cannot save the device registry at stop");
             }
         })
     }
+}
+
+/// What one save of `fleet.json` cost.
+struct Saved {
+    bytes: usize,
+    serialise: Duration,
+    write: Duration,
 }
 
 /// Writes `fleet.json` on blocking threads, newest last: each write is
@@ -390,10 +402,12 @@ impl RegistryWriter {
         }
     }
 
-    fn write(
+    /// Serialises (`make`) and writes on a blocking thread; `None` when a
+    /// newer write was there first.
+    fn write<F: FnOnce() -> Vec<u8> + Send + 'static>(
         &self,
-        bytes: Vec<u8>,
-    ) -> impl std::future::Future<Output = std::io::Result<Duration>> + use<> {
+        make: F,
+    ) -> impl std::future::Future<Output = std::io::Result<Option<Saved>>> + use<F> {
         let n = self
             .asked
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -403,12 +417,18 @@ impl RegistryWriter {
             let done = tokio::task::spawn_blocking(move || {
                 let mut written = me.written.lock().unwrap_or_else(|p| p.into_inner());
                 if *written > n {
-                    return Ok(Duration::ZERO);
+                    return Ok(None);
                 }
                 let t = Instant::now();
+                let bytes = make();
+                let serialise = t.elapsed();
                 write_atomic(&me.path, &bytes)?;
                 *written = n;
-                Ok(t.elapsed())
+                Ok(Some(Saved {
+                    bytes: bytes.len(),
+                    serialise,
+                    write: t.elapsed() - serialise,
+                }))
             });
             done.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
         }
@@ -569,7 +589,7 @@ mod tests {
     async fn an_older_write_never_lands_after_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
         let w = RegistryWriter::new(dir.path());
-        let (old, new) = (w.write(b"old".to_vec()), w.write(b"new".to_vec()));
+        let (old, new) = (w.write(|| b"old".to_vec()), w.write(|| b"new".to_vec()));
         new.await.unwrap();
         old.await.unwrap();
         assert_eq!(std::fs::read(dir.path().join(FLEET_FILE)).unwrap(), b"new");
