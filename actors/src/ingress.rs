@@ -232,7 +232,7 @@ struct Routing {
 
 impl Routing {
     /// On a receive address that carries only device messages.
-    fn from_devices(&self, topic: &str) -> bool {
+    fn is_device_topic(&self, topic: &str) -> bool {
         subscription_for(&self.subscriptions, self.topic_map.as_ref(), topic)
             .is_some_and(from_devices)
     }
@@ -314,7 +314,7 @@ fn attach_stream(
                 topic: topic.to_string(),
                 bytes: payload.len(),
             }
-        } else if devices.topics.from_devices(topic) {
+        } else if devices.topics.is_device_topic(topic) {
             match devices.admit() {
                 Ok(waiting) => {
                     if waiting <= devices.bound / 2 {
@@ -569,9 +569,9 @@ mod tests {
             ],
             topic_map: None,
         };
-        assert!(routing.from_devices("datagator/tlm/246F28000001"));
-        assert!(!routing.from_devices("mixed/x"));
-        assert!(!routing.from_devices("scarecro/firmware_image"));
-        assert!(!routing.from_devices("elsewhere"));
+        assert!(routing.is_device_topic("datagator/tlm/246F28000001"));
+        assert!(!routing.is_device_topic("mixed/x"));
+        assert!(!routing.is_device_topic("scarecro/firmware_image"));
+        assert!(!routing.is_device_topic("elsewhere"));
     }
 }
