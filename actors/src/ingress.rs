@@ -5,9 +5,17 @@
 //! msg_content}` using the message's `id_field` and `time_field`. The next
 //! message is taken only after the router accepted this one, so a full job
 //! queue slows ingress down instead of losing work.
+//!
+//! Two paths: a message for a task (`firmware_image`) is held in the
+//! fsynced inbox before the broker's acknowledgement; the Data Gators' own
+//! reports (a receive address that carries only device message types) are
+//! lossy by nature, as a device reports again within minutes, and wait in
+//! memory instead, at most `pipeline.device_queue` of them: past that they
+//! are dropped and counted, never a job.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use actix::fut::wrap_future;
@@ -19,6 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::egress::Link;
 use crate::messages::{Envelope, Receipt};
+use crate::metrics::Metrics;
 use crate::mqtt::{self, topic_matches};
 use crate::scarecro_topics::TopicMap;
 use crate::spool::{self, Spool, Spooled};
@@ -45,6 +54,8 @@ pub struct MqttIngress {
     specs: HashMap<String, MessageSpec>,
     router: Recipient<Envelope>,
     inbox: Arc<Spool>,
+    /// Device messages waiting in memory, shared with the message callback.
+    device_queued: Arc<AtomicUsize>,
     max_payload: usize,
     retry: Duration,
     retry_max: Duration,
@@ -70,6 +81,8 @@ pub struct IngressConfig {
     pub max_payload: usize,
     /// Inbox backlog past which a warning is logged (`pipeline.inbox_warning`).
     pub backlog_warning: usize,
+    /// Device messages held in memory at most (`pipeline.device_queue`).
+    pub device_queue: usize,
     pub retry_min: Duration,
     pub retry_max: Duration,
     /// SCARECRO's topic → address table; `None` matches subscription filters.
@@ -85,15 +98,22 @@ impl MqttIngress {
     /// a field, is attached before the first connection.
     pub fn create(cfg: IngressConfig, ctx: &mut Context<Self>) -> Self {
         let client = cfg.client;
-        let warn_at = cfg.backlog_warning;
-        attach_stream(
-            &client,
-            cfg.inbox.clone(),
-            cfg.max_payload,
-            cfg.held,
-            warn_at,
-            ctx,
-        );
+        let device_queued = Arc::new(AtomicUsize::new(0));
+        let stream = StreamConfig {
+            inbox: cfg.inbox.clone(),
+            max_payload: cfg.max_payload,
+            warn_at: cfg.backlog_warning,
+            devices: DeviceLane {
+                topics: Routing {
+                    subscriptions: cfg.subscriptions.clone(),
+                    topic_map: cfg.topic_map.clone(),
+                },
+                queued: device_queued.clone(),
+                bound: cfg.device_queue.max(1),
+                metrics: cfg.status.metrics.clone(),
+            },
+        };
+        attach_stream(&client, stream, cfg.held, ctx);
         let topics: Vec<String> = cfg.subscriptions.iter().map(|s| s.topic.clone()).collect();
         let qos = vec![cfg.qos; topics.len()];
         let (up, down) = (cfg.link.clone(), cfg.link);
@@ -126,6 +146,7 @@ impl MqttIngress {
             specs: cfg.specs,
             router: cfg.router,
             inbox: cfg.inbox,
+            device_queued,
             max_payload: cfg.max_payload,
             retry: cfg.retry_min,
             retry_max: cfg.retry_max,
@@ -136,20 +157,7 @@ impl MqttIngress {
 
     /// The receive address a message on `topic` is for.
     fn subscription_for(&self, topic: &str) -> Option<&Subscription> {
-        match &self.topic_map {
-            Some(map) => {
-                let address = map.address_for(topic)?;
-                let found = self.subscriptions.iter().find(|s| s.address == address);
-                if found.is_none() {
-                    debug!(%topic, %address, "the topic belongs to a SCARECRO address gator-ota does not receive on");
-                }
-                found
-            }
-            None => self
-                .subscriptions
-                .iter()
-                .find(|s| topic_matches(&s.topic, topic)),
-        }
+        subscription_for(&self.subscriptions, self.topic_map.as_ref(), topic)
     }
 
     /// The first connection is retried here; after it, paho reconnects.
@@ -195,11 +203,79 @@ impl MqttIngress {
     }
 }
 
+/// The receive address a message on `topic` is for.
+fn subscription_for<'a>(
+    subscriptions: &'a [Subscription],
+    topic_map: Option<&TopicMap>,
+    topic: &str,
+) -> Option<&'a Subscription> {
+    match topic_map {
+        Some(map) => {
+            let address = map.address_for(topic)?;
+            let found = subscriptions.iter().find(|s| s.address == address);
+            if found.is_none() {
+                debug!(%topic, %address, "the topic belongs to a SCARECRO address gator-ota does not receive on");
+            }
+            found
+        }
+        None => subscriptions
+            .iter()
+            .find(|s| topic_matches(&s.topic, topic)),
+    }
+}
+
+/// The receive addresses, as the message callback matches topics to them.
+struct Routing {
+    subscriptions: Vec<Subscription>,
+    topic_map: Option<TopicMap>,
+}
+
+impl Routing {
+    /// On a receive address that carries only device messages.
+    fn is_device_topic(&self, topic: &str) -> bool {
+        subscription_for(&self.subscriptions, self.topic_map.as_ref(), topic)
+            .is_some_and(from_devices)
+    }
+}
+
+/// The in-memory path of device messages: which topics take it, how many
+/// wait now, the bound, and where drops are counted.
+struct DeviceLane {
+    topics: Routing,
+    queued: Arc<AtomicUsize>,
+    bound: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl DeviceLane {
+    /// Takes one more message unless `bound` already wait; a refused one is
+    /// counted as dropped. Returns whether it was taken, and the drops so
+    /// far when it was not.
+    fn admit(&self) -> Result<usize, u64> {
+        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+        if waiting < self.bound {
+            return Ok(waiting + 1);
+        }
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Err(self.metrics.device_dropped())
+    }
+}
+
+/// What the message stream is built from.
+struct StreamConfig {
+    inbox: Arc<Spool>,
+    max_payload: usize,
+    warn_at: usize,
+    devices: DeviceLane,
+}
+
 /// What the message callback hands to the actor: a message held in the
-/// inbox, or, when the disk refused it, the message itself.
+/// inbox, or, when the disk refused it, the message itself; or a device
+/// message, which is only ever held in memory.
 pub enum Inbound {
     Held(u64),
     Unheld(Spooled),
+    Device(Spooled),
     Oversize { topic: String, bytes: usize },
 }
 
@@ -209,20 +285,25 @@ pub enum Inbound {
 /// sequence number waits in memory, however long the job queue stays full.
 /// The callback must not wait on anything else (paho holds its client lock
 /// while calling it, so it would stall every publish); a disk write is
-/// bounded. A payload over the limit is refused here, unwritten.
+/// bounded. A payload over the limit is refused here, unwritten. A device
+/// message skips the disk: it waits in memory, up to the lane's bound.
 fn attach_stream(
     client: &paho::AsyncClient,
-    inbox: Arc<Spool>,
-    max_payload: usize,
+    cfg: StreamConfig,
     held: Vec<u64>,
-    warn_at: usize,
     ctx: &mut Context<MqttIngress>,
 ) {
     let (tx, rx) = paho::async_channel::unbounded();
     for seq in held {
         let _ = tx.try_send(Inbound::Held(seq));
     }
-    let mut warned = false;
+    let StreamConfig {
+        inbox,
+        max_payload,
+        warn_at,
+        devices,
+    } = cfg;
+    let (mut warned, mut dropping) = (false, false);
     client.set_message_callback(move |_, msg| {
         let Some(msg) = msg else {
             return;
@@ -232,6 +313,26 @@ fn attach_stream(
             Inbound::Oversize {
                 topic: topic.to_string(),
                 bytes: payload.len(),
+            }
+        } else if devices.topics.is_device_topic(topic) {
+            match devices.admit() {
+                Ok(waiting) => {
+                    if waiting <= devices.bound / 2 {
+                        dropping = false;
+                    }
+                    Inbound::Device(Spooled {
+                        topic: topic.to_string(),
+                        payload: payload.to_vec(),
+                    })
+                }
+                Err(dropped) => {
+                    if !dropping {
+                        warn!(%topic, bound = devices.bound, dropped,
+                            "device messages dropped: pipeline.device_queue of them already wait; firmware jobs are not affected");
+                        dropping = true;
+                    }
+                    return;
+                }
             }
         } else {
             match inbox.put(topic, payload) {
@@ -285,7 +386,11 @@ async fn deliver(
         Disposition::Route(envelopes) => {
             for mut env in envelopes {
                 env.receipt = receipt.clone();
-                info!(msg_id = %env.msg_id, msg_type = %env.msg_type, "received");
+                if gator_ota_settings::DEVICE_MESSAGE_TYPES.contains(&env.msg_type.as_str()) {
+                    debug!(topic = %env.topic, msg_type = %env.msg_type, "received");
+                } else {
+                    info!(msg_id = %env.msg_id, msg_type = %env.msg_type, "received");
+                }
                 if let Err(e) = router.send(env).await {
                     error!(error = %e, "the task router is not running; the message stays in the inbox for the next start");
                     return;
@@ -375,6 +480,7 @@ enum Refusal {
 impl StreamHandler<Inbound> for MqttIngress {
     fn handle(&mut self, item: Inbound, ctx: &mut Context<Self>) {
         let inbox = self.inbox.clone();
+        let queued = self.device_queued.clone();
         let load = async move {
             match item {
                 Inbound::Held(seq) => {
@@ -385,6 +491,10 @@ impl StreamHandler<Inbound> for MqttIngress {
                     (Some(seq), read)
                 }
                 Inbound::Unheld(msg) => (None, Ok(msg)),
+                Inbound::Device(msg) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    (None, Ok(msg))
+                }
                 Inbound::Oversize { topic, bytes } => {
                     (None, Err(Refusal::Oversize { topic, bytes }))
                 }
@@ -417,5 +527,51 @@ impl StreamHandler<Inbound> for MqttIngress {
             "the MQTT message stream closed; stopping so the service manager restarts gator-ota"
         );
         actix::System::current().stop_with_code(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_lane_takes_up_to_its_bound_and_counts_the_rest() {
+        let lane = DeviceLane {
+            topics: Routing {
+                subscriptions: Vec::new(),
+                topic_map: None,
+            },
+            queued: Arc::new(AtomicUsize::new(0)),
+            bound: 2,
+            metrics: Arc::new(Metrics::default()),
+        };
+        assert_eq!(lane.admit(), Ok(1));
+        assert_eq!(lane.admit(), Ok(2));
+        assert_eq!(lane.admit(), Err(1));
+        assert_eq!(lane.admit(), Err(2));
+        lane.queued.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(lane.admit(), Ok(2));
+        assert_eq!(lane.metrics.device_messages(), (0, 2));
+    }
+
+    #[test]
+    fn only_addresses_that_carry_device_types_alone_skip_the_inbox() {
+        let sub = |topic: &str, types: &[&str]| Subscription {
+            address: topic.into(),
+            topic: topic.into(),
+            message_types: types.iter().map(|t| t.to_string()).collect(),
+        };
+        let routing = Routing {
+            subscriptions: vec![
+                sub("datagator/tlm/+", &["datagator_tlm"]),
+                sub("mixed/+", &["datagator_tlm", "firmware_image"]),
+                sub("scarecro/firmware_image", &["firmware_image"]),
+            ],
+            topic_map: None,
+        };
+        assert!(routing.is_device_topic("datagator/tlm/246F28000001"));
+        assert!(!routing.is_device_topic("mixed/x"));
+        assert!(!routing.is_device_topic("scarecro/firmware_image"));
+        assert!(!routing.is_device_topic("elsewhere"));
     }
 }

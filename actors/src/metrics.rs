@@ -61,6 +61,15 @@ pub struct Metrics {
     /// msg_id → (when the oldest of its running jobs started, how many run).
     running: Mutex<HashMap<String, (Instant, usize)>>,
     recent: Mutex<VecDeque<JobSummary>>,
+    /// Data Gator messages the registry took, and ones ingress dropped
+    /// because its in-memory queue of them was full.
+    device_messages: AtomicU64,
+    device_dropped: AtomicU64,
+    /// The last save of the device registry: its size, and the time taken
+    /// to serialise it and to write it (microseconds).
+    registry_bytes: AtomicU64,
+    registry_serialise_us: AtomicU64,
+    registry_write_us: AtomicU64,
 }
 
 impl Metrics {
@@ -132,6 +141,40 @@ impl Metrics {
 
     pub fn served_bytes(&self) -> u64 {
         self.served_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn device_message(&self) {
+        self.device_messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one dropped device message; returns how many so far.
+    pub fn device_dropped(&self) -> u64 {
+        self.device_dropped.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// (taken by the registry, dropped by ingress) since the start.
+    pub fn device_messages(&self) -> (u64, u64) {
+        (
+            self.device_messages.load(Ordering::Relaxed),
+            self.device_dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn registry_saved(&self, bytes: usize, serialise: Duration, write: Duration) {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.registry_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.registry_serialise_us
+            .store(us(serialise), Ordering::Relaxed);
+        self.registry_write_us.store(us(write), Ordering::Relaxed);
+    }
+
+    /// The last registry save: (bytes, serialise µs, write µs).
+    pub fn registry_save(&self) -> (u64, u64, u64) {
+        (
+            self.registry_bytes.load(Ordering::Relaxed),
+            self.registry_serialise_us.load(Ordering::Relaxed),
+            self.registry_write_us.load(Ordering::Relaxed),
+        )
     }
 
     /// Jobs running now, and how long the oldest of them has run.

@@ -368,6 +368,7 @@ fn ingress_config(
         held,
         max_payload: settings.pipeline.max_payload_bytes,
         backlog_warning: settings.pipeline.inbox_warning,
+        device_queue: settings.pipeline.device_queue,
         retry_min: p.carrier.reconnect_min,
         retry_max: p.carrier.reconnect_max,
         topic_map: p.topic_map.clone(),

@@ -158,6 +158,10 @@ pub struct Pipeline {
     /// Inbox backlog (messages held on disk, not yet taken by ingress) past
     /// which a warning is logged. Nothing is dropped.
     pub inbox_warning: usize,
+    /// Data Gator messages (status, telemetry) waiting in memory for
+    /// ingress at most; past it they are dropped and counted. They never
+    /// go through the inbox on disk.
+    pub device_queue: usize,
     pub max_payload_bytes: usize,
     pub write_chunks: usize,
 }

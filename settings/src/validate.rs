@@ -68,6 +68,7 @@ impl Settings {
             ("pipeline.queue", self.pipeline.queue),
             ("pipeline.outbox_window", self.pipeline.outbox_window),
             ("pipeline.inbox_warning", self.pipeline.inbox_warning),
+            ("pipeline.device_queue", self.pipeline.device_queue),
             (
                 "pipeline.max_payload_bytes",
                 self.pipeline.max_payload_bytes,

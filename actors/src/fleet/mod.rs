@@ -216,20 +216,30 @@ impl FleetActor {
         self.maybe_publish();
     }
 
-    /// Writes the registry when it changed, off the arbiter thread; one
-    /// write at a time, the next tick takes what came meanwhile.
+    /// Writes the registry when it changed; one write at a time, the next
+    /// tick takes what came meanwhile. Only the snapshot (a pointer per
+    /// device) is taken on the arbiter thread: serialising and writing
+    /// happen on a blocking one.
     fn save(&mut self, ctx: &mut Context<Self>) {
         if !self.dirty || self.saving {
             return;
         }
         self.dirty = false;
         self.saving = true;
-        let write = self.writer.write(self.registry.to_json());
-        ctx.spawn(wrap_future::<_, Self>(write).map(|res, act, _| {
+        let snapshot = self.registry.snapshot();
+        let write = self.writer.write(move || snapshot.to_json());
+        ctx.spawn(wrap_future::<_, Self>(write).map(move |res, act, _| {
             act.saving = false;
-            if let Err(e) = res {
-                error!(error = %e, file = FLEET_FILE, "cannot save the device registry; it is tried again");
-                act.dirty = true;
+            match res {
+                Ok(Some(s)) => act
+                    .cfg
+                    .metrics
+                    .registry_saved(s.bytes, s.serialise, s.write),
+                Ok(None) => {}
+                Err(e) => {
+                    error!(error = %e, file = FLEET_FILE, "cannot save the device registry; it is tried again");
+                    act.dirty = true;
+                }
             }
         }));
     }
@@ -263,7 +273,8 @@ impl FleetActor {
         }
         s.dirty = false;
         s.saving = true;
-        let write = s.writer.write(s.state.to_json());
+        let bytes = s.state.to_json();
+        let write = s.writer.write(move || bytes);
         ctx.spawn(wrap_future::<_, Self>(write).map(|res, act, _| {
             let Some(s) = act.staged.as_mut() else { return };
             s.saving = false;
@@ -461,6 +472,7 @@ impl Handler<Envelope> for FleetActor {
         if env.msg_type == gator_ota_settings::ROLLOUT {
             return self.control(&env);
         }
+        self.cfg.metrics.device_message();
         match device::parse(&env.msg_type, &env.topic, &env.msg_content) {
             Ok((mac, report)) => {
                 debug!(mac = mac.as_str(), msg_type = %env.msg_type, ?report, "device report");
@@ -497,10 +509,12 @@ impl Handler<Flush> for FleetActor {
     /// cannot land after it ([`RegistryWriter`]).
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
         self.dirty = false;
-        let write = self.writer.write(self.registry.to_json());
+        let snapshot = self.registry.snapshot();
+        let write = self.writer.write(move || snapshot.to_json());
         let staged = self.staged.as_mut().map(|s| {
             s.dirty = false;
-            s.writer.write(s.state.to_json())
+            let bytes = s.state.to_json();
+            s.writer.write(move || bytes)
         });
         Box::pin(async move {
             if let Err(e) = write.await {
@@ -513,6 +527,13 @@ impl Handler<Flush> for FleetActor {
             }
         })
     }
+}
+
+/// What one save of `fleet.json` cost.
+struct Saved {
+    bytes: usize,
+    serialise: Duration,
+    write: Duration,
 }
 
 /// Writes `fleet.json` on blocking threads, newest last: each write is
@@ -538,10 +559,12 @@ impl RegistryWriter {
         }
     }
 
-    fn write(
+    /// Serialises (`make`) and writes on a blocking thread; `None` when a
+    /// newer write was there first.
+    fn write<F: FnOnce() -> Vec<u8> + Send + 'static>(
         &self,
-        bytes: Vec<u8>,
-    ) -> impl std::future::Future<Output = std::io::Result<()>> + use<> {
+        make: F,
+    ) -> impl std::future::Future<Output = std::io::Result<Option<Saved>>> + use<F> {
         let n = self
             .asked
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -551,11 +574,18 @@ impl RegistryWriter {
             let done = tokio::task::spawn_blocking(move || {
                 let mut written = me.written.lock().unwrap_or_else(|p| p.into_inner());
                 if *written > n {
-                    return Ok(());
+                    return Ok(None);
                 }
+                let t = Instant::now();
+                let bytes = make();
+                let serialise = t.elapsed();
                 write_atomic(&me.path, &bytes)?;
                 *written = n;
-                Ok(())
+                Ok(Some(Saved {
+                    bytes: bytes.len(),
+                    serialise,
+                    write: t.elapsed() - serialise,
+                }))
             });
             done.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
         }
@@ -724,7 +754,7 @@ mod tests {
     async fn an_older_write_never_lands_after_a_newer_one() {
         let dir = tempfile::tempdir().unwrap();
         let w = RegistryWriter::new(dir.path());
-        let (old, new) = (w.write(b"old".to_vec()), w.write(b"new".to_vec()));
+        let (old, new) = (w.write(|| b"old".to_vec()), w.write(|| b"new".to_vec()));
         new.await.unwrap();
         old.await.unwrap();
         assert_eq!(std::fs::read(dir.path().join(FLEET_FILE)).unwrap(), b"new");

@@ -24,6 +24,7 @@ pub fn render(report: &StatusReport, m: &Metrics) -> String {
         m.bytes_downloaded()
     );
     served(&mut out, m);
+    device_messages(&mut out, m);
     devices(&mut out, report);
     staged(&mut out, report);
     family(
@@ -72,6 +73,45 @@ fn jobs(out: &mut String, m: &Metrics) {
             "gator_ota_jobs_total{{outcome=\"{}\",reason=\"{}\"}} {n}",
             label(&outcome),
             label(&reason)
+        );
+    }
+}
+
+fn device_messages(out: &mut String, m: &Metrics) {
+    let (taken, dropped) = m.device_messages();
+    family(
+        out,
+        "gator_ota_device_messages_total",
+        "counter",
+        "Data Gator messages (ota_status, ota, tlm) the device registry took.",
+    );
+    let _ = writeln!(out, "gator_ota_device_messages_total {taken}");
+    family(
+        out,
+        "gator_ota_device_messages_dropped_total",
+        "counter",
+        "Data Gator messages dropped because ingress's in-memory queue of them was full.",
+    );
+    let _ = writeln!(out, "gator_ota_device_messages_dropped_total {dropped}");
+    let (bytes, serialise, write) = m.registry_save();
+    family(
+        out,
+        "gator_ota_registry_bytes",
+        "gauge",
+        "Size of fleet.json at its last save.",
+    );
+    let _ = writeln!(out, "gator_ota_registry_bytes {bytes}");
+    family(
+        out,
+        "gator_ota_registry_save_seconds",
+        "gauge",
+        "Time the last save of fleet.json took, by step (serialise, write).",
+    );
+    for (step, us) in [("serialise", serialise), ("write", write)] {
+        let _ = writeln!(
+            out,
+            "gator_ota_registry_save_seconds{{step=\"{step}\"}} {:.6}",
+            us as f64 / 1e6
         );
     }
 }

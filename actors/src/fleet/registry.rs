@@ -6,8 +6,10 @@
 //! answers from the same file.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::device::{Mac, Report, Version, clip};
 use crate::http::device_log::DeviceRecord;
@@ -198,13 +200,51 @@ impl Device {
     }
 }
 
-/// Every device, by MAC, bounded by `max_devices`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Every device, by MAC, bounded by `max_devices`. Each entry is shared
+/// with the [`Snapshot`] a save is writing, so taking one costs a pointer
+/// per device, and a device that reports meanwhile is copied alone.
+#[derive(Debug, Clone)]
 pub struct Registry {
     pub format: u32,
-    pub devices: BTreeMap<String, Device>,
-    #[serde(skip)]
+    pub devices: BTreeMap<String, Arc<Device>>,
     max_devices: usize,
+}
+
+/// The registry's file as it is read.
+#[derive(Deserialize)]
+struct RegistryFile {
+    format: u32,
+    devices: BTreeMap<String, Device>,
+}
+
+/// The registry as it was when a save was asked for; serialised on the
+/// writer's thread, not the actor's.
+pub struct Snapshot(Vec<Arc<Device>>);
+
+impl Snapshot {
+    /// The file: `{"format":1,"devices":{MAC: device, ...}}`.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl Serialize for Snapshot {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Devices<'a>(&'a [Arc<Device>]);
+        impl Serialize for Devices<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for d in self.0 {
+                    map.serialize_entry(&d.mac, &**d)?;
+                }
+                map.end()
+            }
+        }
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("format", &FORMAT)?;
+        map.serialize_entry("devices", &Devices(&self.0))?;
+        map.end()
+    }
 }
 
 impl Registry {
@@ -218,17 +258,26 @@ impl Registry {
 
     /// A registry read back from its file, held to `max_devices`.
     pub fn from_json(bytes: &[u8], max_devices: usize) -> Result<Self, String> {
-        let mut r: Registry = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if r.format != FORMAT {
-            return Err(format!("format {} is not {FORMAT}", r.format));
+        let file: RegistryFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if file.format != FORMAT {
+            return Err(format!("format {} is not {FORMAT}", file.format));
         }
-        r.max_devices = max_devices.max(1);
+        let mut r = Self::new(max_devices);
+        for (mac, mut d) in file.devices {
+            d.mac.clone_from(&mac);
+            r.devices.insert(mac, Arc::new(d));
+        }
         r.evict();
         Ok(r)
     }
 
+    /// The devices as they are now, for a save; O(devices) pointer copies.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot(self.devices.values().cloned().collect())
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        self.snapshot().to_json()
     }
 
     /// Applies what a device said at `now`.
@@ -297,22 +346,26 @@ impl Registry {
         self.evict();
     }
 
+    /// The device's entry, made if new; copied first only if a save still
+    /// holds it, so a report costs a lookup, not a copy of the registry.
     fn entry(&mut self, mac: &str, now: i64) -> &mut Device {
         let d = self
             .devices
             .entry(mac.to_string())
-            .or_insert_with(|| Device::new(mac, now));
+            .or_insert_with(|| Arc::new(Device::new(mac, now)));
+        let d = Arc::make_mut(d);
         d.last_seen = d.last_seen.max(now);
         d
     }
 
-    /// Drops the devices seen longest ago until the bound holds.
+    /// Drops the devices seen longest ago until the bound holds: a scan,
+    /// only when a new device comes past the bound.
     fn evict(&mut self) {
         while self.devices.len() > self.max_devices {
             let oldest = self
                 .devices
                 .values()
-                .min_by_key(|d| (d.last_seen, d.mac.clone()))
+                .min_by(|a, b| (a.last_seen, &a.mac).cmp(&(b.last_seen, &b.mac)))
                 .map(|d| d.mac.clone());
             match oldest {
                 Some(mac) => {
@@ -439,6 +492,26 @@ mod tests {
         assert!(back.devices.contains_key(mac(9).as_str()));
         assert!(Registry::from_json(b"{\"format\":7,\"devices\":{}}", 2).is_err());
         assert!(Registry::from_json(b"not json", 2).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_registry_as_it_was_and_reads_back() {
+        let mut r = Registry::new(10);
+        r.report(&mac(1), tlm("v1.0.0"), 0, J.boot_grace_ms);
+        let snap = r.snapshot();
+        r.report(&mac(1), tlm("v1.0.1"), 5, J.boot_grace_ms);
+        r.report(&mac(2), tlm("v1.0.0"), 6, J.boot_grace_ms);
+        let back = Registry::from_json(&snap.to_json(), 10).unwrap();
+        assert_eq!(back.devices.len(), 1);
+        let old = &back.devices[mac(1).as_str()];
+        assert_eq!((old.version.as_deref(), old.last_seen), (Some("v1.0.0"), 0));
+        assert_eq!(
+            r.devices[mac(1).as_str()].version.as_deref(),
+            Some("v1.0.1")
+        );
+        let file: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(file["format"], FORMAT);
+        assert_eq!(file["devices"][mac(2).as_str()]["mac"], mac(2).as_str());
     }
 
     #[test]

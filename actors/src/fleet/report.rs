@@ -182,7 +182,7 @@ pub fn build(input: Input) -> StatusReport {
         })
         .collect();
     let first = input.targets.first().and_then(Target::version);
-    let mut devices: Vec<&Device> = input.registry.devices.values().collect();
+    let mut devices: Vec<&Device> = input.registry.devices.values().map(|d| &**d).collect();
     devices.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.mac.cmp(&b.mac)));
     let mut versions = BTreeMap::new();
     for d in &devices {
