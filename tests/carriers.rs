@@ -13,17 +13,7 @@ const LOCAL_RECEIVE: &str = "local/firmware_image";
 /// `broker`, with a send address for statuses and a receive address for
 /// firmware_image on it.
 fn local_carrier_settings(world: &World, local: &Broker) -> std::path::PathBuf {
-    let defaults = include_str!("../settings/default.toml");
-    let mqtt = &defaults[defaults.find("[carriers.mqtt]").unwrap()..];
-    let mqtt = &mqtt[..mqtt[1..].find("\n[").unwrap() + 1];
-    let local_table = mqtt
-        .replace("[carriers.mqtt]", "[carriers.local]")
-        .replace("tcp://127.0.0.1:1883", &local.url())
-        .replace(
-            "client_id = \"gator-ota\"",
-            "client_id = \"gator-ota-local\"",
-        )
-        .replace("reconnect_min = \"1s\"", "reconnect_min = \"100ms\"");
+    let local_table = local_carrier_table(local);
     let file = world.dir.path().join("two-brokers.toml");
     std::fs::write(
         &file,

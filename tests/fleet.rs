@@ -24,18 +24,7 @@ const FLEET_TOPIC: &str = "scarecro/fleet_status";
 /// A gateway whose Data Gator addresses are on a second MQTT carrier,
 /// `local`, and which sends `fleet_status` to the cloud.
 fn fleet_settings(world: &World, local: &Broker, extra: &str) -> PathBuf {
-    let defaults = include_str!("../settings/default.toml");
-    let mqtt = &defaults[defaults.find("[carriers.mqtt]").unwrap()..];
-    let mqtt = &mqtt[..mqtt[1..].find("\n[").unwrap() + 1];
-    let local_table = mqtt
-        .replace("[carriers.mqtt]", "[carriers.local]")
-        .replace("tcp://127.0.0.1:1883", &local.url())
-        .replace(
-            "client_id = \"gator-ota\"",
-            "client_id = \"gator-ota-local\"",
-        )
-        .replace("reconnect_min = \"1s\"", "reconnect_min = \"100ms\"")
-        .replace("reconnect_max = \"60s\"", "reconnect_max = \"500ms\"");
+    let local_table = local_carrier_table(local);
     let file = world.dir.path().join("fleet.toml");
     std::fs::write(
         &file,

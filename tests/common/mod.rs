@@ -21,6 +21,23 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A `firmware_image` as the SCARECRO cloud sends it (confirm_receipt left
 /// to its default, true).
+/// The default MQTT carrier's table under the name `local`, pointed at
+/// `broker`, with its own client id and quick reconnects: a gateway's local
+/// broker beside the cloud's.
+pub fn local_carrier_table(broker: &Broker) -> String {
+    let defaults = include_str!("../../settings/default.toml");
+    let mqtt = &defaults[defaults.find("[carriers.mqtt]").unwrap()..];
+    let mqtt = &mqtt[..mqtt[1..].find("\n[").unwrap() + 1];
+    mqtt.replace("[carriers.mqtt]", "[carriers.local]")
+        .replace("tcp://127.0.0.1:1883", &broker.url())
+        .replace(
+            "client_id = \"gator-ota\"",
+            "client_id = \"gator-ota-local\"",
+        )
+        .replace("reconnect_min = \"1s\"", "reconnect_min = \"100ms\"")
+        .replace("reconnect_max = \"60s\"", "reconnect_max = \"500ms\"")
+}
+
 pub fn firmware_image(id: &str, file_name: &str, cloud_path: &str) -> serde_json::Value {
     serde_json::json!({
         "id": id,
