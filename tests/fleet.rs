@@ -8,14 +8,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::device::{http_get, install_esp_image, status_json};
 use common::*;
-use gator_ota_testkit::{Publisher, pseudo_random_bytes};
+use gator_ota_testkit::Publisher;
 use serde_json::{Value, json};
 
 const IMAGE: &str = "datagator_v1.0.1.bin";
@@ -51,46 +51,6 @@ fn start_gateway(world: &World, settings: &Path) -> Gateway {
     let gw = Gateway::spawn(env);
     gw.wait_count("subscribed", 2);
     gw
-}
-
-/// An image as an ESP32 build makes one: it starts with the image magic.
-fn install_image(world: &World, len: usize) {
-    let mut bytes = pseudo_random_bytes(len, 5);
-    bytes[0] = 0xE9;
-    let key = format!("fw/{IMAGE}");
-    world.s3.put_object(BUCKET, &key, &bytes);
-    let confirms = world.confirms();
-    world.publish_json(&firmware_image("fleet-1", IMAGE, &key));
-    let c = confirms.recv_json(DEADLINE).expect("a confirm_receipt");
-    assert_eq!(c["file_name"], IMAGE);
-}
-
-/// One HTTP/1.0 exchange, as the ESP32's HTTPClient makes it.
-fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> (u16, Vec<u8>) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: 192.168.50.10\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    conn.write_all(req.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = conn.read_to_end(&mut response);
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response to {path}"));
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, response[split + 4..].to_vec())
-}
-
-fn status_json(addr: SocketAddr) -> Value {
-    let (status, body) = http_get(addr, "/status.json", &[]);
-    assert_eq!(status, 200);
-    serde_json::from_slice(&body).unwrap()
 }
 
 fn text(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -284,7 +244,7 @@ fn fifty_data_gators_take_an_image_and_every_view_agrees() {
         status_json(http)["devices"].as_array().unwrap().len() == n
     });
 
-    install_image(&world, 200 * 1024);
+    install_esp_image(&world, "fleet-1", IMAGE, 200 * 1024, 5);
     all_check(&mut devices, http);
     // The ones that did not come back on v1.0.1 are "finished" until the
     // grace period (2 s) is over, then failed.
@@ -567,7 +527,7 @@ fn the_status_page_renders_in_a_browser() {
     let gw = start_gateway(&world, &settings);
     let http = gw.http_addr();
     let mut devices = fleet(4, 4, &local);
-    install_image(&world, 64 * 1024);
+    install_esp_image(&world, "fleet-1", IMAGE, 64 * 1024, 5);
     all_check(&mut devices, http);
     wait_for_states(http, 3, 1);
     let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet");

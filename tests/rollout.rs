@@ -7,14 +7,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::device::{http_get, install_esp_image, status_json};
 use common::*;
-use gator_ota_testkit::{Publisher, pseudo_random_bytes};
+use gator_ota_testkit::Publisher;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -43,47 +43,6 @@ fn start_gateway(world: &World, settings: &Path) -> Gateway {
         settings.to_str().unwrap().into(),
     ));
     Gateway::start(env)
-}
-
-/// An image as an ESP32 build makes one, installed through a real
-/// `firmware_image` message; the pointer names it afterwards.
-fn install_image(world: &World) {
-    let mut bytes = pseudo_random_bytes(64 * 1024, 9);
-    bytes[0] = 0xE9;
-    let key = format!("fw/{IMAGE}");
-    world.s3.put_object(BUCKET, &key, &bytes);
-    let confirms = world.confirms();
-    world.publish_json(&firmware_image("rollout-1", IMAGE, &key));
-    let c = confirms.recv_json(DEADLINE).expect("a confirm_receipt");
-    assert_eq!(c["file_name"], IMAGE);
-}
-
-/// One HTTP/1.0 exchange, as the ESP32's HTTPClient makes it.
-fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, String)]) -> (u16, Vec<u8>) {
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: 192.168.50.10\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    conn.write_all(req.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = conn.read_to_end(&mut response);
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response to {path}"));
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, response[split + 4..].to_vec())
-}
-
-fn status_json(addr: SocketAddr) -> Value {
-    let (status, body) = http_get(addr, "/status.json", &[]);
-    assert_eq!(status, 200);
-    serde_json::from_slice(&body).unwrap()
 }
 
 fn staged(addr: SocketAddr) -> Value {
@@ -244,7 +203,7 @@ fn a_staged_rollout_goes_canary_then_two_waves() {
     wait_until(DEADLINE, "every device in the registry", || {
         status_json(http)["devices"].as_array().unwrap().len() == devices.len()
     });
-    install_image(&world);
+    install_esp_image(&world, "rollout-1", IMAGE, 64 * 1024, 9);
     let s = wait_staged(http, "the rollout at the canary", |s| s["wave"] == 0);
     assert_eq!(
         (s["status"].as_str(), s["waves"].as_u64()),
@@ -320,7 +279,7 @@ fn failures_past_the_threshold_pause_until_the_cloud_resumes() {
     for d in &devices {
         d.telemetry();
     }
-    install_image(&world);
+    install_esp_image(&world, "rollout-1", IMAGE, 64 * 1024, 9);
     wait_staged(http, "the rollout at the canary", |s| s["admitted"] == 2);
     let served = round(&mut devices, http);
     assert_eq!(served.len(), 2, "{served:?}");
@@ -374,7 +333,7 @@ fn the_cloud_pauses_pins_and_aborts_and_the_state_outlives_a_restart() {
     wait_until(DEADLINE, "every device in the registry", || {
         status_json(http)["devices"].as_array().unwrap().len() == devices.len()
     });
-    install_image(&world);
+    install_esp_image(&world, "rollout-1", IMAGE, 64 * 1024, 9);
     wait_staged(http, "the rollout at the canary", |s| s["admitted"] == 1);
 
     // Bad control messages: a named field in the log, nothing changes.
@@ -464,7 +423,7 @@ fn with_rollouts_off_every_device_is_served() {
     std::fs::write(&file, "[rollout]\ncanary = [\"24:6F:28:00:00:00\"]\n").unwrap();
     let gw = start_gateway(&world, &file);
     let http = gw.http_addr();
-    install_image(&world);
+    install_esp_image(&world, "rollout-1", IMAGE, 64 * 1024, 9);
     let mut devices: Vec<DataGator> = (0..3)
         .map(|i| DataGator::new(i, &world.broker, true))
         .collect();

@@ -2,6 +2,8 @@
 //! broker and a real S3-protocol server from the testkit.
 #![allow(dead_code)]
 
+pub mod device;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
