@@ -193,10 +193,19 @@ impl Device {
         let fetching = self.ota_state == Some(OtaState::Started)
             || (self.ota_state == Some(OtaState::Checked)
                 && self.server_version.as_deref() == Some(t));
-        if fetching {
+        if fetching && !self.held_back() {
             return (RolloutState::Downloading, None);
         }
         (RolloutState::Pending, None)
+    }
+
+    /// The server's last answer came after the device's last OTA report and
+    /// was `304`: it said "started" and was told there is no update for it
+    /// (a staged rollout's wave not reached yet), so it is not downloading.
+    fn held_back(&self) -> bool {
+        self.served
+            .last()
+            .is_some_and(|s| s.status == 304 && self.ota_at.is_none_or(|at| s.at >= at))
     }
 }
 
@@ -431,6 +440,33 @@ mod tests {
         assert_eq!(state(&r, 1, "v1.0.1", 40), RolloutState::Finished);
         r.report(&mac(1), tlm("V1.0.1"), 50, J.boot_grace_ms);
         assert_eq!(state(&r, 1, "v1.0.1", 5000), RolloutState::Confirmed);
+    }
+
+    #[test]
+    fn a_device_told_304_after_it_started_is_pending_not_downloading() {
+        let mut r = Registry::new(10);
+        r.report(&mac(1), checked("v1.0.1", "v1.0.0"), 10, J.boot_grace_ms);
+        r.report(&mac(1), Report::Started, 20, J.boot_grace_ms);
+        let held = DeviceRecord {
+            time: String::new(),
+            device: mac(1).as_str().into(),
+            mac: Some(mac(1).as_str().into()),
+            ip: None,
+            user_agent: None,
+            image: "datagator_v1.0.1.bin".into(),
+            sha256: String::new(),
+            method: "GET".into(),
+            range: None,
+            status: 304,
+            bytes_sent: 0,
+            bytes_expected: 0,
+            completed: true,
+        };
+        r.served(&mac(1), &held, 25);
+        assert_eq!(state(&r, 1, "v1.0.1", 30), RolloutState::Pending);
+        // Its next try, once its wave comes, is a download again.
+        r.report(&mac(1), Report::Started, 40, J.boot_grace_ms);
+        assert_eq!(state(&r, 1, "v1.0.1", 40), RolloutState::Downloading);
     }
 
     #[test]
