@@ -66,6 +66,20 @@ impl Policy {
     }
 }
 
+/// A wave with no device in it passes at once only when that is the share's
+/// doing: never while the registry knows no device at all (a fresh gateway:
+/// the first devices to appear would otherwise be served whatever their
+/// wave), nor at the canary while none of the listed canaries has reported.
+fn nobody_to_wait_for(policy: &Policy, r: &Rollout, registry: &Registry) -> bool {
+    let canary_unheard = r.wave == 0
+        && !policy.canary.is_empty()
+        && !policy
+            .canary
+            .iter()
+            .any(|m| registry.devices.contains_key(m));
+    !registry.devices.is_empty() && !canary_unheard
+}
+
 /// The device's place in 0..100 for this image: the first bytes of
 /// SHA-256 over MAC and image name.
 pub fn bucket(mac: &str, image: &str) -> u8 {
@@ -285,14 +299,15 @@ impl Rollouts {
         if r.wave >= policy.last_wave() {
             return r;
         }
-        let passed =
-            admitted == 0 || confirmed * 100 >= usize::from(policy.success_percent) * admitted;
+        let skip = admitted == 0 && nobody_to_wait_for(policy, &r, registry);
+        let passed = skip
+            || (admitted > 0 && confirmed * 100 >= usize::from(policy.success_percent) * admitted);
         if !passed {
             r.passed_at = None;
             return r;
         }
         let since = *r.passed_at.get_or_insert(now);
-        if admitted == 0 || now - since >= policy.wave_wait_ms {
+        if skip || now - since >= policy.wave_wait_ms {
             r.wave += 1;
             r.wave_started_at = now;
             r.passed_at = None;
@@ -560,6 +575,31 @@ mod tests {
             .map(|i| p.wave_of(mac(i).as_str(), "datagator_v1.0.2.bin"))
             .collect();
         assert_ne!(waves, other, "a new image draws the waves afresh");
+    }
+
+    #[test]
+    fn an_empty_wave_is_skipped_only_when_someone_reported() {
+        let wave = |s: &Rollouts| s.pointers["/current_version.txt"].wave;
+        // A fresh gateway: no device known, so no wave passes.
+        let p = policy(&[]);
+        let mut s = Rollouts::new();
+        for t in 0..5 {
+            s.advance(&p, &targets(), &registry(0), t, J);
+        }
+        assert_eq!(wave(&s), 0);
+        // Canaries listed but none heard from: the canary stage waits, even
+        // with other devices known.
+        let p = policy(&[500, 501]);
+        let mut s = Rollouts::new();
+        for t in 0..5 {
+            s.advance(&p, &targets(), &registry(3), t, J);
+        }
+        assert_eq!(wave(&s), 0);
+        // No canaries and devices known: the empty canary stage is skipped.
+        let p = policy(&[]);
+        let mut s = Rollouts::new();
+        s.advance(&p, &targets(), &registry(3), 0, J);
+        assert!(wave(&s) >= 1);
     }
 
     #[test]
