@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::device::{http_get, install_esp_image, status_json};
+use common::device::{DataGator, http_get, install_esp_image, status_json};
 use common::*;
-use gator_ota_testkit::Publisher;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -57,81 +56,6 @@ fn wait_staged(addr: SocketAddr, what: &str, ok: impl Fn(&Value) -> bool) -> Val
         ok(&last)
     });
     last
-}
-
-/// A Data Gator: its MAC, the version it runs, whether what it flashes
-/// boots.
-struct DataGator {
-    mac: String,
-    version: String,
-    boots: bool,
-    mqtt: Publisher,
-}
-
-impl DataGator {
-    fn new(n: usize, broker: &Broker, boots: bool) -> Self {
-        Self {
-            mac: format!("24:6F:28:00:{:02X}:{:02X}", n / 256, n % 256),
-            version: "v1.0.0".into(),
-            boots,
-            mqtt: Publisher::new(&broker.url()),
-        }
-    }
-
-    fn publish(&self, kind: &str, content: Value) {
-        let topic = format!("datagator/{kind}/{}", self.mac);
-        self.mqtt.send(&topic, &content.to_string());
-    }
-
-    fn telemetry(&self) {
-        let v = self.version.replacen('v', "V", 1);
-        self.publish("tlm", json!({"FIRMWARE_VERSION": v}));
-    }
-
-    /// One OTA check as `include/update.cpp` makes it, up to the reboot:
-    /// the image request's status (`None` when the versions match). On
-    /// `304` HTTPUpdate reports no update and the device stays as it is.
-    fn ota_check(&mut self, http: SocketAddr) -> Option<u16> {
-        let (status, body) = http_get(http, "/current_version.txt", &[]);
-        assert_eq!(status, 200, "the pointer");
-        let name = String::from_utf8(body).unwrap();
-        let server = name[name.len() - 10..name.len() - 4].to_string();
-        self.publish(
-            "ota_status",
-            json!({"STATUS_MSG": "version", "SERVER_FW_VERSION": server, "DEVICE_FW_VERSION": self.version}),
-        );
-        if server == self.version {
-            return None;
-        }
-        self.publish("ota_status", json!({"STATUS_MSG": "started"}));
-        let (status, image) = http_get(http, &format!("/{name}"), &self.httpupdate_headers());
-        match status {
-            200 => {
-                assert_eq!(image.first(), Some(&0xE9), "the image");
-                self.publish("ota_status", json!({"STATUS_MSG": "finished"}));
-                if self.boots {
-                    self.version = server;
-                }
-            }
-            304 => assert!(image.is_empty(), "a 304 has no body"),
-            other => panic!("{} got {other}", self.mac),
-        }
-        Some(status)
-    }
-
-    fn httpupdate_headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("User-Agent", "ESP32-http-Update".into()),
-            ("x-ESP32-STA-MAC", self.mac.clone()),
-            ("x-ESP32-AP-MAC", self.mac.clone()),
-            ("x-ESP32-free-space", "1966080".into()),
-            (
-                "x-ESP32-sketch-md5",
-                "00000000000000000000000000000000".into(),
-            ),
-            ("x-ESP32-mode", "sketch".into()),
-        ]
-    }
 }
 
 /// Every device checks, then every one reboots and sends telemetry: no
