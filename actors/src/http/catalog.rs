@@ -8,9 +8,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
-use super::memory::{Memory, Prepared};
+use super::verified::{FileId, Verified};
 use crate::journal::{InstalledImage, Journal};
 use crate::paths::DirHandle;
 
@@ -39,28 +37,21 @@ impl Miss {
     }
 }
 
-/// An installed image, ready to send: the bytes stay these even when a
-/// newer image is renamed over the path while they are being sent.
+/// An installed image, ready to send: an open file, so the bytes stay
+/// these even when a newer image is renamed over the path while they are
+/// being sent.
 pub(crate) struct Opened {
-    pub body: Source,
+    pub file: File,
     pub image: InstalledImage,
     /// Lowercase hex, from the index or the server's own read.
     pub md5: String,
-}
-
-/// Where an image's bytes come from.
-pub(crate) enum Source {
-    /// Held in memory, verified ([`Memory`]).
-    Held(Bytes),
-    /// An open handle to a file too large to hold.
-    File(File),
 }
 
 pub(crate) struct Catalog {
     journal: Arc<Journal>,
     /// URL path → the pointer file's full path, as the index keys it.
     pointers: HashMap<String, PathBuf>,
-    memory: Memory,
+    verified: Verified,
 }
 
 impl Catalog {
@@ -68,7 +59,7 @@ impl Catalog {
         Self {
             journal,
             pointers,
-            memory: Memory::default(),
+            verified: Verified::default(),
         }
     }
 
@@ -96,7 +87,7 @@ impl Catalog {
         let (disk_path, image) = self.journal.image_named(name).await.ok_or(Miss::Unknown)?;
         let path = disk_path.clone();
         let len = image.bytes;
-        let file = tokio::task::spawn_blocking(move || open_image(&path, len))
+        let (file, id) = tokio::task::spawn_blocking(move || open_image(&path, len))
             .await
             .map_err(|_| Miss::FileMismatch)?
             .map_err(|_| Miss::FileMismatch)?;
@@ -106,19 +97,15 @@ impl Catalog {
         if self.journal.installed(&disk_path).await.as_ref() != Some(&image) {
             return Err(Miss::FileMismatch);
         }
-        let prepared = self.memory.prepare(&disk_path, &image, &file).await;
-        let Prepared { bytes, md5 } = prepared.ok_or(Miss::FileMismatch)?;
-        let body = match bytes {
-            Some(bytes) => Source::Held(bytes),
-            None => Source::File(file),
-        };
-        Ok((disk_path, Opened { body, image, md5 }))
+        let md5 = self.verified.md5(&disk_path, &image, &file, id).await;
+        let md5 = md5.ok_or(Miss::FileMismatch)?;
+        Ok((disk_path, Opened { file, image, md5 }))
     }
 }
 
 /// Opens a recorded image without following a link anywhere on its path,
 /// and only if it is a regular file of the recorded length. Blocking.
-fn open_image(path: &std::path::Path, len: u64) -> io::Result<File> {
+fn open_image(path: &std::path::Path, len: u64) -> io::Result<(File, FileId)> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::ErrorKind::NotFound.into());
     };
@@ -127,7 +114,7 @@ fn open_image(path: &std::path::Path, len: u64) -> io::Result<File> {
     if !meta.is_file() || meta.len() != len {
         return Err(io::ErrorKind::InvalidData.into());
     }
-    Ok(file)
+    Ok((file, FileId::of(&meta)))
 }
 
 #[cfg(test)]

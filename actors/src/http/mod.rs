@@ -19,28 +19,34 @@
 //!
 //! Every image request is recorded per device ([`device_log`]). With the
 //! fleet view on, the server also answers `/status.json`, `/healthz`,
-//! `/metrics` and the status page `/` ([`status`]). The server
-//! runs one actix-web worker on its own thread, so a download never shares
-//! an arbiter with the pipeline's actors; connections are capped and every
-//! connection phase has a timeout.
+//! `/metrics` and the status page `/` ([`status`]).
+//!
+//! The server is its own small HTTP/1.x loop ([`conn`], heads parsed by
+//! `httparse`) on a thread of its own, so a download never shares a thread
+//! with the pipeline's actors. It sends images with `sendfile` ([`reply`]).
+//! Connections are capped, every phase of a connection has a deadline, and
+//! a download holds no buffer of its own.
 
 mod catalog;
+mod conn;
 pub mod device_log;
-mod memory;
 mod range;
+mod reply;
+mod request;
 mod routes;
 mod status;
+mod verified;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
-use actix_web::http::KeepAlive;
-use actix_web::{App, HttpServer, web};
 use gator_ota_settings::Http;
-use tracing::info;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tracing::{info, warn};
 
 use crate::fleet::GetReport;
 use crate::fleet::rollout::Gate;
@@ -48,17 +54,16 @@ use crate::journal::Journal;
 use crate::paths::{Confinement, PathError};
 use actix::Recipient;
 use catalog::Catalog;
+use conn::Limits;
 use device_log::{DeviceLog, Tap};
 use routes::State;
 
-/// Threads the worker may run file opens and page-cache misses on. The
-/// default (512) let 200 downloads at once start ~100-200 threads, each with
-/// its stack and malloc arena; a gateway's SD card serves no more reads at
-/// once than a few, so the rest may queue.
+/// Threads the server may run file opens and first checks on. A gateway's
+/// SD card serves no more reads at once than a few, so the rest may queue.
 const BLOCKING_THREADS: usize = 8;
 
-/// Seconds a stopping server gives the downloads in flight.
-const GRACE_SECS: u64 = 3;
+/// Time a stopping server gives the downloads in flight.
+const GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -82,6 +87,11 @@ pub enum HttpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the firmware server's thread: {source}")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What the server tells the fleet view and asks it.
@@ -98,12 +108,13 @@ pub struct FleetLinks {
 /// The running server; [`FirmwareServer::stop`] ends it.
 #[must_use = "keep the server to stop it"]
 pub struct FirmwareServer {
-    handle: ServerHandle,
+    stop: watch::Sender<bool>,
+    done: oneshot::Receiver<()>,
 }
 
 impl FirmwareServer {
-    /// Binds every listen address and starts serving; `None` when
-    /// `http.enabled` is off. Must run inside an actix system.
+    /// Binds every listen address and starts serving on a thread of its
+    /// own; `None` when `http.enabled` is off.
     pub fn start(
         settings: &Http,
         confinement: &Confinement,
@@ -128,52 +139,128 @@ impl FirmwareServer {
                     source,
                 }
             })?;
-        let state = web::Data::new(State {
+        let state = State {
             catalog: Catalog::new(journal, pointers),
             log,
             fleet: fleet.reports,
             rollout: fleet.rollout,
-        });
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .configure(status::routes)
-                .default_service(web::to(routes::serve))
-        })
-        .workers(1)
-        .worker_max_blocking_threads(BLOCKING_THREADS)
-        .max_connections(settings.max_connections)
-        .client_request_timeout(settings.request_timeout)
-        .client_disconnect_timeout(settings.disconnect_timeout)
-        .keep_alive(keep_alive(settings))
-        .shutdown_timeout(GRACE_SECS)
-        .disable_signals();
-        for addr in settings.addresses() {
-            server = server
-                .bind(addr)
-                .map_err(|source| HttpError::Bind { addr, source })?;
-        }
-        let addrs = server.addrs();
-        let running = server.run();
-        let handle = running.handle();
-        actix_rt::spawn(running);
-        for addr in &addrs {
-            info!(%addr, "firmware server listening");
-        }
-        Ok(Some(Self { handle }))
+        };
+        let listeners = bind(settings)?;
+        let limits = Limits {
+            request_timeout: settings.request_timeout,
+            keep_alive: settings.keep_alive,
+            disconnect_timeout: settings.disconnect_timeout,
+        };
+        let server = Server {
+            state: Arc::new(state),
+            limits,
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
+            max_connections: settings.max_connections,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let (finished, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("firmware-server".into())
+            .spawn(move || {
+                server.run(listeners, stopped);
+                let _ = finished.send(());
+            })
+            .map_err(|source| HttpError::Thread { source })?;
+        Ok(Some(Self { stop, done }))
     }
 
     /// Stops accepting, lets downloads in flight finish for a few seconds,
     /// then closes what is left.
     pub async fn stop(self) {
-        self.handle.stop(true).await;
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
     }
 }
 
-fn keep_alive(settings: &Http) -> KeepAlive {
-    if settings.keep_alive.is_zero() {
-        KeepAlive::Disabled
-    } else {
-        KeepAlive::Timeout(settings.keep_alive)
+/// Every listen address, bound before the service reports itself started,
+/// so a taken port stops the start with its address named.
+fn bind(settings: &Http) -> Result<Vec<StdListener>, HttpError> {
+    let mut listeners = Vec::new();
+    for addr in settings.addresses() {
+        let l = StdListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| HttpError::Bind { addr, source })?;
+        info!(addr = %l.local_addr().unwrap_or(addr), "firmware server listening");
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// What the server's thread runs.
+struct Server {
+    state: Arc<State>,
+    limits: Limits,
+    /// One permit per connection served; the others wait to be accepted.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl Server {
+    fn run(self, listeners: Vec<StdListener>, stopped: watch::Receiver<bool>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(BLOCKING_THREADS)
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                warn!(error = %e, "the firmware server cannot start its runtime");
+                return;
+            }
+        };
+        runtime.block_on(self.serve(listeners, stopped));
+        runtime.shutdown_timeout(Duration::from_millis(100));
+    }
+
+    async fn serve(self, listeners: Vec<StdListener>, mut stopped: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        for std in listeners {
+            match TcpListener::from_std(std) {
+                Ok(l) => {
+                    tokio::spawn(this.clone().accept(l, stopped.clone()));
+                }
+                Err(e) => warn!(error = %e, "the firmware server cannot use a listener"),
+            }
+        }
+        let _ = stopped.wait_for(|s| *s).await;
+        // Downloads in flight finish, or are cut after the grace time.
+        let all = u32::try_from(this.max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(GRACE, this.slots.acquire_many(all)).await;
+        info!("firmware server stopped");
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let permit = tokio::select! {
+                p = self.slots.clone().acquire_owned() => p,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let Ok(permit) = permit else { return };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let this = self.clone();
+                    let stop = stopped.clone();
+                    tokio::spawn(async move {
+                        conn::serve(stream, peer, &this.state, this.limits, stop).await;
+                        drop(permit);
+                    });
+                }
+                // Out of descriptors and the like: wait a little rather
+                // than spin.
+                Err(e) => {
+                    warn!(error = %e, "the firmware server cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
     }
 }

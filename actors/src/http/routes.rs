@@ -1,43 +1,25 @@
 //! The request handler: pointers and installed images, by exact name.
 //!
-//! Every request goes to [`serve`] (there is no route table that could fall
-//! through to a folder). A path is compared with the published pointer URLs
-//! and, percent-decoded, with the names in the index; whatever matches
-//! neither is `404`, logged at debug.
+//! Every request goes to [`respond`] (there is no route table that could
+//! fall through to a folder). A path is compared with the fleet's views,
+//! the published pointer URLs and, percent-decoded, with the names in the
+//! index; whatever matches none is `404`, logged at debug.
 
-use std::fs::File;
-use std::io::IoSliceMut;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix_web::body::SizedStream;
-use actix_web::http::Method;
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
-use bytes::Bytes;
-use futures::stream::{self, Stream};
 use tracing::debug;
 
-use super::catalog::{Catalog, Miss, Opened, Source};
+use super::catalog::{Catalog, Miss, Opened};
 use super::device_log::{DeviceLog, DeviceRecord};
 use super::range::{self, Wanted};
+use super::reply::{Body, FileBody, Reply};
+use super::request::{Method, Request};
+use super::status;
 use crate::fleet::GetReport;
 use crate::fleet::device::Mac;
 use crate::fleet::rollout::{Decision, Gate};
 use crate::paths::check_file_name;
 use actix::Recipient;
-
-/// Bytes read from the image per step. actix-web copies each chunk into the
-/// connection's write buffer and asks for the next once that holds less than
-/// 32 KiB, so a download holds about 50 KiB at most. In tests/bench-http.sh
-/// (200 downloads at once) 64 KiB chunks took ~5 MiB more peak RSS for no
-/// more throughput that could be told from the noise.
-const CHUNK: u64 = 16 * 1024;
-
-/// Bytes per step of an image held in memory: a slice costs no memory of
-/// its own, and larger steps mean fewer turns of the connection's loop.
-const HELD_CHUNK: u64 = 32 * 1024;
 
 /// What every request handler shares.
 pub(crate) struct State {
@@ -49,23 +31,28 @@ pub(crate) struct State {
     pub rollout: Option<Arc<Gate>>,
 }
 
-pub(crate) async fn serve(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
-    let head = req.method() == Method::HEAD;
-    if !head && req.method() != Method::GET {
-        return HttpResponse::MethodNotAllowed()
-            .insert_header((header::ALLOW, "GET, HEAD"))
-            .finish();
+pub(crate) async fn respond(req: Request, state: &State) -> Reply {
+    let head = req.method == Method::Head;
+    if !head && req.method != Method::Get {
+        return Reply::new(405).header("Allow", "GET, HEAD").closing();
     }
-    let path = req.uri().path();
+    let Some(path) = req.path() else {
+        return not_found(&req, Miss::Unknown);
+    };
+    if !head
+        && let Some(fleet) = &state.fleet
+        && let Some(view) = status::view(path)
+    {
+        return status::show(fleet, view, state).await;
+    }
     if state.catalog.is_pointer_url(path) {
         return match state.catalog.pointer(path).await {
-            Ok(body) => HttpResponse::Ok()
-                .content_type("text/plain")
-                .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .body(body),
+            Ok(body) => Reply::new(200)
+                .header("Cache-Control", "no-cache")
+                .text("text/plain", body),
             Err(miss) => {
                 debug!(path, reason = miss.describe(), "pointer withheld");
-                HttpResponse::NotFound().finish()
+                Reply::new(404)
             }
         };
     }
@@ -82,8 +69,8 @@ pub(crate) async fn serve(req: HttpRequest, state: web::Data<State>) -> HttpResp
 }
 
 /// Why a staged rollout holds this device back from the image, if it does.
-fn held(req: &HttpRequest, opened: &Opened, gate: Option<&Gate>) -> Option<String> {
-    let mac = header_str(req, "x-esp32-sta-mac").and_then(Mac::parse);
+fn held(req: &Request, opened: &Opened, gate: Option<&Gate>) -> Option<String> {
+    let mac = req.header("x-esp32-sta-mac").and_then(Mac::parse);
     match gate?.decide(mac.as_ref(), &opened.image.file_name) {
         Decision::Serve => None,
         Decision::Hold(reason) => Some(reason),
@@ -92,20 +79,20 @@ fn held(req: &HttpRequest, opened: &Opened, gate: Option<&Gate>) -> Option<Strin
 
 /// `304` for a device outside the rollout's current wave: HTTPUpdate takes
 /// it as "no update" and the device stays on its version.
-fn not_in_wave(req: &HttpRequest, opened: &Opened, log: &DeviceLog, reason: &str) -> HttpResponse {
+fn not_in_wave(req: &Request, opened: &Opened, log: &DeviceLog, reason: &str) -> Reply {
     let image = &opened.image;
-    debug!(image = %image.file_name, mac = ?header_str(req, "x-esp32-sta-mac"), reason, "held back by the staged rollout");
+    debug!(image = %image.file_name, mac = ?req.header("x-esp32-sta-mac"), reason, "held back by the staged rollout");
     let mut record = new_record(req, &image.file_name, &image.sha256);
     record.status = 304;
     record.completed = true;
     log.record(record);
-    HttpResponse::NotModified().finish()
+    Reply::new(304)
 }
 
-fn not_found(req: &HttpRequest, miss: Miss) -> HttpResponse {
-    debug!(path = req.uri().path(), method = %req.method(), peer = ?req.peer_addr(),
+fn not_found(req: &Request, miss: Miss) -> Reply {
+    debug!(path = %req.target, method = %req.method, peer = ?req.peer,
         reason = miss.describe(), "not served");
-    HttpResponse::NotFound().finish()
+    Reply::new(404)
 }
 
 /// The image name in a request path: one plain file name, percent-decoded.
@@ -132,107 +119,86 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn image(req: &HttpRequest, opened: Opened, log: &DeviceLog, head: bool) -> HttpResponse {
-    let Opened {
-        body: source,
-        image,
-        md5,
-    } = opened;
+fn image(req: &Request, opened: Opened, log: &DeviceLog, head: bool) -> Reply {
+    let Opened { file, image, md5 } = opened;
     let etag = format!("\"{}\"", image.sha256);
     let mut record = new_record(req, &image.file_name, &image.sha256);
-    let already =
-        header_str(req, "x-esp32-sketch-md5").is_some_and(|m| m.eq_ignore_ascii_case(&md5));
+    let already = req
+        .header("x-esp32-sketch-md5")
+        .is_some_and(|m| m.eq_ignore_ascii_case(&md5));
     if already || none_match(req, &etag) {
         record.status = 304;
         record.completed = true;
         log.record(record);
-        return HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
-            .finish();
+        return Reply::new(304).header("ETag", etag);
     }
     let len = image.bytes;
-    let wanted = match header_str(req, "if-range") {
+    let wanted = match req.header("if-range") {
         Some(tag) if tag.trim() != etag => Wanted::Whole,
-        _ => range::parse(header_str(req, "range"), len),
+        _ => range::parse(req.header("range"), len),
     };
-    let (mut res, start, count) = match wanted {
-        Wanted::Whole => (HttpResponse::Ok(), 0, len),
+    let (res, start, count) = match wanted {
+        Wanted::Whole => (Reply::new(200), 0, len),
         Wanted::Part { start, end } => {
-            let mut res = HttpResponse::PartialContent();
-            res.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")));
             record.status = 206;
+            let res = Reply::new(206).header("Content-Range", format!("bytes {start}-{end}/{len}"));
             (res, start, end - start + 1)
         }
         Wanted::Unsatisfiable => {
             record.status = 416;
             log.record(record);
-            return HttpResponse::RangeNotSatisfiable()
-                .insert_header((header::CONTENT_RANGE, format!("bytes */{len}")))
-                .finish();
+            return Reply::new(416).header("Content-Range", format!("bytes */{len}"));
         }
     };
-    image_headers(&mut res, &etag, &md5, &image.sha256);
-    record.bytes_expected = count;
+    let res = image_headers(res, &etag, &md5, &image.sha256);
     if head {
-        record.bytes_expected = 0;
         record.completed = true;
         log.record(record);
-        return res.body(SizedStream::new(
-            count,
-            stream::empty::<Result<Bytes, std::io::Error>>(),
-        ));
+        return res.with_body(Body::Head(count));
     }
-    let transfer = Transfer {
-        source: match source {
-            Source::Held(bytes) => Body::Held(bytes),
-            Source::File(file) => Body::File(Arc::new(file)),
-        },
-        offset: start,
-        remaining: count,
-        tracker: Tracker {
-            log: log.clone(),
-            record: Some(record),
-        },
+    record.bytes_expected = count;
+    let tracker = Tracker {
+        log: log.clone(),
+        record: Some(record),
     };
-    res.body(SizedStream::new(count, body(transfer)))
+    res.with_body(Body::File(Box::new(FileBody {
+        file,
+        offset: start,
+        len: count,
+        tracker,
+    })))
 }
 
-fn image_headers(res: &mut HttpResponseBuilder, etag: &str, md5: &str, sha256: &str) {
-    res.content_type("application/octet-stream")
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::ETAG, etag.to_string()))
-        .insert_header(("x-MD5", md5.to_string()))
-        .insert_header(("x-SHA256", sha256.to_string()));
+fn image_headers(res: Reply, etag: &str, md5: &str, sha256: &str) -> Reply {
+    res.header("Content-Type", "application/octet-stream")
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", etag)
+        .header("x-MD5", md5)
+        .header("x-SHA256", sha256)
 }
 
 /// `If-None-Match` naming this image (`*`, or its ETag, weak or strong).
-fn none_match(req: &HttpRequest, etag: &str) -> bool {
-    header_str(req, "if-none-match").is_some_and(|list| {
+fn none_match(req: &Request, etag: &str) -> bool {
+    req.header("if-none-match").is_some_and(|list| {
         list.split(',')
             .map(str::trim)
             .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
     })
 }
 
-fn header_str<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
-    req.headers()
-        .get(name)
-        .and_then(|v: &HeaderValue| v.to_str().ok())
-}
-
-fn new_record(req: &HttpRequest, image: &str, sha256: &str) -> DeviceRecord {
-    let mac = header_str(req, "x-esp32-sta-mac").map(str::to_string);
-    let ip = req.peer_addr().map(|a| a.ip().to_string());
+fn new_record(req: &Request, image: &str, sha256: &str) -> DeviceRecord {
+    let mac = req.header("x-esp32-sta-mac").map(str::to_string);
+    let ip = req.peer.map(|a| a.ip().to_string());
     DeviceRecord {
         time: now(),
         device: mac.clone().or_else(|| ip.clone()).unwrap_or_default(),
         mac,
         ip,
-        user_agent: header_str(req, "user-agent").map(str::to_string),
+        user_agent: req.header("user-agent").map(str::to_string),
         image: image.to_string(),
         sha256: sha256.to_string(),
-        method: req.method().to_string(),
-        range: header_str(req, "range").map(str::to_string),
+        method: req.method.to_string(),
+        range: req.header("range").map(str::to_string),
         status: 200,
         bytes_sent: 0,
         bytes_expected: 0,
@@ -240,41 +206,19 @@ fn new_record(req: &HttpRequest, image: &str, sha256: &str) -> DeviceRecord {
     }
 }
 
-/// One download in progress: the image, where it is, and its record.
-struct Transfer {
-    source: Body,
-    offset: u64,
-    remaining: u64,
-    tracker: Tracker,
-}
-
 /// Writes the download's record when the body is done with, whether every
 /// byte went out or the device went away.
-enum Body {
-    Held(Bytes),
-    File(Arc<File>),
-}
-
-impl Body {
-    /// The next `n` bytes at `offset`: a slice of held bytes (no copy), or
-    /// a read of the file.
-    async fn chunk(&self, offset: u64, n: usize) -> std::io::Result<Bytes> {
-        match self {
-            Self::Held(bytes) => {
-                let start = offset as usize;
-                match bytes.get(start..start + n) {
-                    Some(_) => Ok(bytes.slice(start..start + n)),
-                    None => Err(std::io::ErrorKind::UnexpectedEof.into()),
-                }
-            }
-            Self::File(file) => read_chunk(file, offset, n).await,
-        }
-    }
-}
-
-struct Tracker {
+pub(crate) struct Tracker {
     log: DeviceLog,
     record: Option<DeviceRecord>,
+}
+
+impl Tracker {
+    pub(crate) fn sent(&mut self, bytes: u64) {
+        if let Some(r) = self.record.as_mut() {
+            r.bytes_sent += bytes;
+        }
+    }
 }
 
 impl Drop for Tracker {
@@ -289,106 +233,4 @@ impl Drop for Tracker {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// The body: one chunk at a time, each read only when the connection has
-/// taken the one before.
-fn body(transfer: Transfer) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
-    stream::unfold(Some(transfer), |t| async move {
-        let mut t = t?;
-        if t.remaining == 0 {
-            return None;
-        }
-        let step = match t.source {
-            Body::Held(_) => HELD_CHUNK,
-            Body::File(_) => CHUNK,
-        };
-        let n = t.remaining.min(step) as usize;
-        match t.source.chunk(t.offset, n).await {
-            Ok(buf) => {
-                let got = buf.len() as u64;
-                t.offset += got;
-                t.remaining -= got;
-                if let Some(r) = t.tracker.record.as_mut() {
-                    r.bytes_sent += got;
-                }
-                Some((Ok(buf), Some(t)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    })
-}
-
-/// Off when the kernel or filesystem refused `RWF_NOWAIT` once: every read
-/// goes to a blocking thread from then on.
-static NOWAIT: AtomicBool = AtomicBool::new(true);
-
-/// Up to `n` bytes at `offset` (at least one). Straight from the page cache
-/// when they are there: `preadv2(RWF_NOWAIT)` never waits on the disk, so it
-/// cannot block the worker, and it spares a hand-off to a blocking thread
-/// per chunk (most of a download's CPU time on loopback). Bytes not in the
-/// cache are read on a blocking thread.
-async fn read_chunk(file: &Arc<File>, offset: u64, n: usize) -> std::io::Result<Bytes> {
-    use rustix::io::Errno;
-    let mut buf = vec![0u8; n];
-    if NOWAIT.load(Ordering::Relaxed) {
-        let flags = rustix::io::ReadWriteFlags::NOWAIT;
-        match rustix::io::preadv2(&**file, &mut [IoSliceMut::new(&mut buf)], offset, flags) {
-            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(got) => {
-                buf.truncate(got);
-                return Ok(Bytes::from(buf));
-            }
-            Err(Errno::AGAIN | Errno::INTR) => {}
-            Err(e @ (Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL)) => {
-                debug!(error = %e, "RWF_NOWAIT refused; reading on blocking threads");
-                NOWAIT.store(false, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let file = file.clone();
-    tokio::task::spawn_blocking(move || {
-        file.read_exact_at(&mut buf, offset)
-            .map(|()| Bytes::from(buf))
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Reads a whole file chunk by chunk with `read_chunk`, as a body does.
-    async fn read_all(file: &Arc<File>, len: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        while (out.len() as u64) < len {
-            let n = (len - out.len() as u64).min(CHUNK) as usize;
-            let got = read_chunk(file, out.len() as u64, n).await.unwrap();
-            assert!(!got.is_empty() && got.len() <= n);
-            out.extend_from_slice(&got);
-        }
-        out
-    }
-
-    #[actix_rt::test]
-    async fn chunks_give_the_file_bytes_and_stop_at_its_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img.bin");
-        let bytes: Vec<u8> = (0..CHUNK * 3 + 1000).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let file = Arc::new(File::open(&path).unwrap());
-        assert_eq!(read_all(&file, bytes.len() as u64).await, bytes);
-        // The same through the blocking threads alone (as where the kernel
-        // refuses RWF_NOWAIT); other tests only read slower meanwhile.
-        NOWAIT.store(false, Ordering::Relaxed);
-        let blocking = read_all(&file, bytes.len() as u64).await;
-        NOWAIT.store(true, Ordering::Relaxed);
-        assert_eq!(blocking, bytes);
-        // Past the end (a file shorter than the index says): an error, not
-        // an empty chunk a body would loop on.
-        let err = read_chunk(&file, bytes.len() as u64, 10).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-    }
 }

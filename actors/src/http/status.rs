@@ -2,14 +2,14 @@
 //! `/healthz`, `/metrics` and the status page at `/`.
 //!
 //! Each asks the fleet actor for one [`StatusReport`] and renders it. With
-//! the fleet view off they fall through to the image handler, as any other
-//! path does.
+//! the fleet view off they are not there: the path goes to the image
+//! handler, as any other path does.
 
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix::Recipient;
 use tracing::warn;
 
-use super::routes::{State, serve};
+use super::reply::Reply;
+use super::routes::State;
 use crate::fleet::report::StatusReport;
 use crate::fleet::{GetReport, page, prometheus};
 
@@ -22,58 +22,45 @@ pub(crate) enum View {
     Page,
 }
 
-pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    for (path, view) in [
-        ("/status.json", View::Json),
-        ("/healthz", View::Health),
-        ("/metrics", View::Metrics),
-        ("/", View::Page),
-    ] {
-        cfg.route(
-            path,
-            web::get().to(move |req: HttpRequest, state: web::Data<State>| show(req, state, view)),
-        );
+/// The view published at `path`, if one is.
+pub(crate) fn view(path: &str) -> Option<View> {
+    Some(match path {
+        "/status.json" => View::Json,
+        "/healthz" => View::Health,
+        "/metrics" => View::Metrics,
+        "/" => View::Page,
+        _ => return None,
+    })
+}
+
+pub(crate) async fn show(fleet: &Recipient<GetReport>, view: View, state: &State) -> Reply {
+    match fleet.send(GetReport).await {
+        Ok(report) => render(&report, view, state),
+        Err(e) => {
+            warn!(error = %e, "the device registry did not answer");
+            Reply::new(503).text("text/plain", "the device registry is not running\n")
+        }
     }
 }
 
-async fn show(req: HttpRequest, state: web::Data<State>, view: View) -> HttpResponse {
-    let Some(fleet) = state.fleet.clone() else {
-        return serve(req, state).await;
+fn render(report: &StatusReport, view: View, state: &State) -> Reply {
+    let status = match view {
+        View::Health if !report.health.as_ref().is_some_and(|h| h.ok) => 503,
+        _ => 200,
     };
-    let report = match fleet.send(GetReport).await {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "the device registry did not answer");
-            return HttpResponse::ServiceUnavailable()
-                .content_type("text/plain")
-                .body("the device registry is not running\n");
-        }
-    };
-    render(&report, view, &state)
-}
-
-fn render(report: &StatusReport, view: View, state: &State) -> HttpResponse {
-    let mut res = match view {
-        View::Health if !report.health.as_ref().is_some_and(|h| h.ok) => {
-            HttpResponse::ServiceUnavailable()
-        }
-        _ => HttpResponse::Ok(),
-    };
-    res.insert_header((header::CACHE_CONTROL, "no-store"));
+    let res = Reply::new(status).header("Cache-Control", "no-store");
     match view {
         View::Json | View::Health => {
             let body = match view {
                 View::Json => serde_json::to_string_pretty(report),
                 _ => serde_json::to_string_pretty(&report.health),
             };
-            res.content_type("application/json")
-                .body(body.unwrap_or_default())
+            res.text("application/json", body.unwrap_or_default())
         }
-        View::Metrics => res
-            .content_type(prometheus::CONTENT_TYPE)
-            .body(prometheus::render(report, state.log.metrics())),
-        View::Page => res
-            .content_type("text/html; charset=utf-8")
-            .body(page::render(report)),
+        View::Metrics => res.text(
+            prometheus::CONTENT_TYPE,
+            prometheus::render(report, state.log.metrics()),
+        ),
+        View::Page => res.text("text/html; charset=utf-8", page::render(report)),
     }
 }
