@@ -683,3 +683,164 @@ fn the_server_is_off_when_disabled_and_a_taken_port_stops_the_start() {
     );
     assert!(log.contains("outside the allowed folders"), "{log}");
 }
+
+/// Reads one response with a `Content-Length` from a kept connection:
+/// its head and exactly its body (none for a `HEAD`).
+fn read_response(
+    conn: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    head_only: bool,
+) -> (String, Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the head ended");
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&pending[..end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let len = if head_only { 0 } else { len };
+    pending.drain(..end + 4);
+    while pending.len() < len {
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the body ended");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let body = pending.drain(..len).collect();
+    (head, body)
+}
+
+#[test]
+fn kept_and_pipelined_requests_are_answered_in_order_and_bad_heads_refused() {
+    let world = World::new();
+    let gw = world.gateway();
+    let addr = gw.http_addr();
+    let name = "keep_v1.0.0.bin";
+    let image = esp_image(200_000, 61);
+    install(&world, "m-keep", name, "fw/keep_v1.0.0.bin", &image);
+
+    // HTTP/1.1: three requests in one write, answered in order on one
+    // connection, which stays open for a fourth.
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    let three = format!(
+        "GET /current_version.txt HTTP/1.1\r\nHost: g\r\n\r\nHEAD /{name} HTTP/1.1\r\nHost: g\r\n\r\nGET /{name} HTTP/1.1\r\nHost: g\r\nRange: bytes=10-19\r\n\r\n"
+    );
+    conn.write_all(three.as_bytes()).unwrap();
+    let mut pending = Vec::new();
+    let (head, body) = read_response(&mut conn, &mut pending, false);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(body, name.as_bytes());
+    let (head, body) = read_response(&mut conn, &mut pending, true);
+    assert!(head.contains("Content-Length: 200000"), "{head}");
+    assert!(body.is_empty(), "HEAD has no body");
+    let (head, body) = read_response(&mut conn, &mut pending, false);
+    assert!(head.starts_with("HTTP/1.1 206 "), "{head}");
+    assert_eq!(body, &image[10..20]);
+    conn.write_all(format!("GET /{name} HTTP/1.1\r\nHost: g\r\n\r\n").as_bytes())
+        .unwrap();
+    let (_, body) = read_response(&mut conn, &mut pending, false);
+    assert!(body == image, "the whole image on the kept connection");
+
+    // HTTP/1.0 keeps the connection only when asked, and says so.
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    let keep = "GET /current_version.txt HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    conn.write_all(keep.as_bytes()).unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = read_response(&mut conn, &mut pending, false);
+    assert!(head.starts_with("HTTP/1.0 200 "), "{head}");
+    assert!(head.contains("Connection: keep-alive"), "{head}");
+    conn.write_all(b"GET /current_version.txt HTTP/1.0\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_response(&mut conn, &mut pending, false);
+    assert!(head.contains("Connection: close"), "{head}");
+    assert_eq!(body, name.as_bytes());
+    assert_eq!(conn.read(&mut [0u8; 16]).unwrap(), 0, "closed after it");
+
+    // Heads that cannot be answered: a status, then the connection closes.
+    let crowded = format!(
+        "GET /{name} HTTP/1.1\r\n{}\r\n",
+        "X-Many: 1\r\n".repeat(100)
+    );
+    let huge = format!(
+        "GET /{name} HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    for (request, status) in [
+        ("GARBAGE\r\n\r\n".to_string(), " 400 "),
+        ("GET / SPDY/3\r\n\r\n".to_string(), " 400 "),
+        (crowded, " 431 "),
+        (huge, " 431 "),
+    ] {
+        let (line, _) = raw(addr, &request);
+        assert!(line.contains(status), "{request:.40}: {line}");
+    }
+    assert_eq!(curl(addr, &format!("/{name}"), &[]).status, 200);
+}
+
+#[test]
+fn a_device_that_stops_reading_is_cut_after_send_timeout() {
+    let world = World::new();
+    let mut env = world.env();
+    env.push(("GATOR_OTA__HTTP__SEND_TIMEOUT".into(), "1s".into()));
+    let gw = Gateway::start(env);
+    let addr = gw.http_addr();
+    let name = "stall_v1.0.0.bin";
+    let image = esp_image(socket_buffers() + 2 * 1024 * 1024, 71);
+    install(&world, "m-stall", name, "fw/stall_v1.0.0.bin", &image);
+
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    conn.write_all(format!("GET /{name} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let started = Instant::now();
+    let (head, _) = read_head(&mut conn);
+    assert!(head.contains(" 200 "), "{head}");
+    wait_until(DEADLINE, "the stalled download cut and recorded", || {
+        device_log(&world)
+            .iter()
+            .any(|r| r["image"] == name && r["completed"] == false)
+    });
+    assert!(started.elapsed() >= Duration::from_secs(1), "cut too early");
+    // The socket is closed: what the kernel buffered, then the end.
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    assert!(rest.len() < image.len());
+    assert_eq!(curl(addr, &format!("/{name}"), &[]).body.len(), image.len());
+}
+
+#[test]
+fn a_stop_lets_a_download_in_flight_finish() {
+    let world = World::new();
+    let gw = world.gateway();
+    let addr = gw.http_addr();
+    let name = "stop_v1.0.0.bin";
+    let image = esp_image(socket_buffers() + 2 * 1024 * 1024, 81);
+    install(&world, "m-stop", name, "fw/stop_v1.0.0.bin", &image);
+
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    conn.write_all(format!("GET /{name} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let (head, mut body) = read_head(&mut conn);
+    assert!(head.contains(" 200 "), "{head}");
+    let term = Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    wait_until(DEADLINE, "the server to stop accepting", || {
+        TcpStream::connect(addr).is_err()
+    });
+    conn.read_to_end(&mut body).unwrap();
+    assert!(body == image, "the whole image, though the service stops");
+    wait_until(DEADLINE, "gator-ota to exit", || gw.exit_status().is_some());
+    assert!(gw.exit_status().unwrap().success());
+}

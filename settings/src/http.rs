@@ -32,6 +32,9 @@ pub struct Http {
     /// Time a closing connection has to go away once its response is sent.
     #[serde(with = "humantime_serde")]
     pub disconnect_timeout: Duration,
+    /// Time a client may take none of a response before it is cut.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Size of the per-device log (`<data_dir>/.gator-ota/devices.jsonl`)
     /// before it is rotated to `devices.jsonl.1`; at most twice this on disk.
     pub device_log_bytes: u64,
@@ -76,6 +79,7 @@ impl Http {
             ("http.max_connections", self.max_connections == 0),
             ("http.request_timeout", self.request_timeout.is_zero()),
             ("http.disconnect_timeout", self.disconnect_timeout.is_zero()),
+            ("http.send_timeout", self.send_timeout.is_zero()),
         ] {
             if zero {
                 return Err(E::invalid(key, "is 0", "use a positive value"));

@@ -29,6 +29,8 @@ pub(crate) struct Limits {
     /// Zero: every connection closes after one reply.
     pub keep_alive: Duration,
     pub disconnect_timeout: Duration,
+    /// Time the client may take nothing of a reply.
+    pub send_timeout: Duration,
 }
 
 enum Next {
@@ -58,7 +60,8 @@ pub(crate) async fn serve(
         let request = match next {
             Next::Request(r) => r,
             Next::Refused(status) => {
-                if Reply::new(status).send(&mut stream, false, 1).await.is_ok() {
+                let sent = Reply::new(status).send(&mut stream, false, 1, limits.send_timeout);
+                if sent.await.is_ok() {
                     linger(stream, limits.disconnect_timeout).await;
                 }
                 return;
@@ -70,7 +73,8 @@ pub(crate) async fn serve(
         let asks_keep = request.wants_keep_alive() && !request.has_body();
         let reply = routes::respond(request, state).await;
         let keep = asks_keep && !reply.close && !limits.keep_alive.is_zero() && !*stop.borrow();
-        if reply.send(&mut stream, keep, minor).await.is_err() {
+        let sent = reply.send(&mut stream, keep, minor, limits.send_timeout);
+        if sent.await.is_err() {
             return;
         }
         if !keep {

@@ -150,6 +150,7 @@ impl FirmwareServer {
             request_timeout: settings.request_timeout,
             keep_alive: settings.keep_alive,
             disconnect_timeout: settings.disconnect_timeout,
+            send_timeout: settings.send_timeout,
         };
         let server = Server {
             state: Arc::new(state),

@@ -18,10 +18,6 @@ use tokio::net::TcpStream;
 
 use super::routes::Tracker;
 
-/// Time a client may take nothing before its connection is cut. A Data
-/// Gator whose Wi-Fi drops has gone long before this; a slow one moves.
-pub(crate) const STALL: Duration = Duration::from_secs(30);
-
 /// Bytes per `sendfile` call: bounded so that one fast client cannot keep
 /// the server's thread from the others for long.
 const SEND_STEP: u64 = 1024 * 1024;
@@ -113,30 +109,32 @@ impl Reply {
         head.into_bytes()
     }
 
-    /// Sends the whole reply; an error means the connection is done.
+    /// Sends the whole reply; an error means the connection is done. The
+    /// client may take nothing for `stall` at most.
     pub(crate) async fn send(
         self,
         stream: &mut TcpStream,
         keep_alive: bool,
         minor: u8,
+        stall: Duration,
     ) -> io::Result<()> {
         let mut head = self.head(keep_alive, minor);
         match self.body {
-            Body::Empty | Body::Head(_) => write_all(stream, &head).await,
+            Body::Empty | Body::Head(_) => write_all(stream, &head, stall).await,
             Body::Bytes(bytes) => {
                 head.extend_from_slice(&bytes);
-                write_all(stream, &head).await
+                write_all(stream, &head, stall).await
             }
             Body::File(mut body) => {
-                write_all(stream, &head).await?;
-                send_file(stream, &mut body).await
+                write_all(stream, &head, stall).await?;
+                send_file(stream, &mut body, stall).await
             }
         }
     }
 }
 
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    tokio::time::timeout(STALL, stream.write_all(bytes))
+async fn write_all(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> io::Result<()> {
+    tokio::time::timeout(stall, stream.write_all(bytes))
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
@@ -144,7 +142,7 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
 /// The image's bytes from the page cache to the socket. A file shorter
 /// than the index says ends the connection early, so the client sees a
 /// short body, never bytes of something else.
-async fn send_file(stream: &TcpStream, body: &mut FileBody) -> io::Result<()> {
+async fn send_file(stream: &TcpStream, body: &mut FileBody, stall: Duration) -> io::Result<()> {
     let end = body.offset + body.len;
     while body.offset < end {
         let want = (end - body.offset).min(SEND_STEP) as usize;
@@ -154,7 +152,7 @@ async fn send_file(stream: &TcpStream, body: &mut FileBody) -> io::Result<()> {
             rustix::fs::sendfile(stream.as_fd(), body.file.as_fd(), Some(&mut offset), want)
                 .map_err(io::Error::from)
         });
-        let sent = tokio::time::timeout(STALL, ready)
+        let sent = tokio::time::timeout(stall, ready)
             .await
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))?;
         if sent == 0 {
