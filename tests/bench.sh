@@ -187,7 +187,8 @@ big_sha=$(sha256sum "$s3root/$bucket/$big_key" | cut -d' ' -f1)
 small_sha=$(sha256sum "$s3root/$bucket/$small_key" | cut -d' ' -f1)
 sync
 
-# Starts s3-dev-server with ARGS and prints its port.
+# Starts s3-dev-server with ARGS and sets started_port. (Not in a command
+# substitution: its pid must reach `pids` for the cleanup to stop it.)
 start_s3() {
   local name=$1 port="" pid
   shift
@@ -201,10 +202,12 @@ start_s3() {
     sleep 0.05
   done
   [ -n "$port" ] || die "s3-dev-server $* did not start; see $work/$name.log"
-  echo "$port"
+  started_port=$port
 }
-fs_endpoint="http://127.0.0.1:$(start_s3 s3fs)"
-endpoint="http://127.0.0.1:$(start_s3 s3mem --memory)"
+start_s3 s3fs
+fs_endpoint="http://127.0.0.1:$started_port"
+start_s3 s3mem --memory
+endpoint="http://127.0.0.1:$started_port"
 access_key=gator-test-access
 secret_key=gator-test-secret-key-0123456789
 
