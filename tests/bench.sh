@@ -306,6 +306,16 @@ sleep 2  # let start-up work settle: this is the idle figure
 idle_kib=$(kib_field VmRSS "$gpid")
 idle_threads=$(kib_field Threads "$gpid")
 echo "idle: VmRSS $(mib "$idle_kib"), $idle_threads threads"
+# Where it is: the process's own memory, and the pages of each mapped file
+# (VmRSS counts a file's resident pages in full, shared or not).
+idle_breakdown=$(awk '
+  /^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6) ? $6 : "[anon]"; sub(".*/", "", name); next }
+  /^Rss:/ { if (name ~ /^\[/) anon += $2; else file[name] += $2 }
+  END {
+    printf "anonymous %.1f MiB", anon / 1024
+    for (f in file) if (file[f] >= 256) printf ", %s %.1f MiB", f, file[f] / 1024
+  }' "/proc/$gpid/smaps" 2>/dev/null || true)
+echo "idle: ${idle_breakdown:-smaps not readable}"
 
 # One publisher fed line by line through a FIFO, one subscriber that stamps
 # each confirm_receipt with its arrival time (%U, the same wall clock as
