@@ -238,14 +238,14 @@ EOF
     -C "$(dirname "$stage")" -cf - "$name" | gzip -n -9 >"$archive.tmp"
   mv -f "$archive.tmp" "$archive"
   archives+=("$archive")
+  summary+=("$(awk -v t="$t" -v s="$size" -v g="$glibc" -v b="$build_secs" -v a="${archive#"$root"/}" \
+    'BEGIN { printf "%-32s %.2f MiB binary (%d bytes), glibc >= %s, built in %ds -> %s", t, s / 1048576, s, g, b, a }')")
   if [ "$deb" -eq 1 ]; then
     # The binary just checked, packaged as it is.
     package=$(bash "$root/deploy/package-deb.sh" --target "$t" --no-build --out "$out" | tail -n 1) ||
       die "the Debian package for $t failed (see above)"
     summary+=("$(printf '%-32s %s' "" "-> ${package#"$root"/}")")
   fi
-  summary+=("$(awk -v t="$t" -v s="$size" -v g="$glibc" -v b="$build_secs" -v a="${archive#"$root"/}" \
-    'BEGIN { printf "%-32s %.2f MiB binary (%d bytes), glibc >= %s, built in %ds -> %s", t, s / 1048576, s, g, b, a }')")
 done
 
 (

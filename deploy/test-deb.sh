@@ -60,7 +60,7 @@ if [ "$arch" != "$host_arch" ]; then
   done
   [ -n "$target" ] || die "--arch $arch: not $host_arch and no release target builds it"
   cpu=${qemu#qemu-}
-  apt_ensure qemu-user-static
+  apt_ensure qemu-user-static arch-test # mmdebstrap checks a foreign root with arch-test
   binfmt=/proc/sys/fs/binfmt_misc
   if [ ! -e "$binfmt/register" ]; then
     note "mounting binfmt_misc on $binfmt (nothing has)"
