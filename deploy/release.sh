@@ -12,8 +12,9 @@
 # dist/gator-ota_VERSION-1_ARCH.deb (arm64, armhf), is made from the same
 # binary by deploy/package-deb.sh (cargo-deb, checked with lintian). The
 # amd64 package: bash deploy/package-deb.sh. dist/SHA256SUMS lists them all.
-# Installs what it needs (Debian's cross gcc and libc packages, rustup
-# targets). Cross builds use their own target folder (CARGO_TARGET_DIR,
+# Installs what it needs (Debian's cross gcc and libc packages; the
+# target's Rust standard library with rustup, or else Debian's rustc-web and
+# libstd-rust-web-dev:ARCH). Cross builds use their own target folder (CARGO_TARGET_DIR,
 # default target/cross) so they never lock the main build.
 set -euo pipefail
 
@@ -34,7 +35,9 @@ Builds stripped gator-ota release archives and Debian packages for Raspberry Pi 
                    (bash deploy/smoke-qemu.sh ARCHIVE...)
   --no-deb         skip the Debian packages (deploy/package-deb.sh)
 
-Environment: CARGO_TARGET_DIR (default: target/cross). On a shared machine,
+Environment: CARGO_TARGET_DIR (default: target/cross); RUSTC, the compiler for
+the targets (default: rustc on PATH with rustup's target, else Debian's
+/usr/bin/rustc from rustc-web with libstd-rust-web-dev:ARCH). On a shared machine,
 run it under 'nice -n 15'.
 EOF
 }
@@ -80,15 +83,73 @@ for t in "${targets[@]}"; do
 done
 apt_ensure "${pkgs[@]}"
 
-sysroot=$(rustc --print sysroot) || die "rustc does not run; install a Rust toolchain on the build machine"
-for t in "${targets[@]}"; do
-  if [ ! -d "$sysroot/lib/rustlib/$t/lib" ]; then
-    command -v rustup >/dev/null 2>&1 ||
-      die "the Rust standard library for $t is missing from $sysroot and there is no rustup to add it"
-    note "adding the Rust target $t"
-    rustup target add "$t" ||
-      die "'rustup target add $t' failed (it downloads the target's standard library); add it by hand and rerun"
+# --- which rustc builds each target ---------------------------------------------
+# The rustc on PATH (usually rustup's) when its sysroot has the target's
+# standard library or `rustup target add` fetches it. Otherwise Debian 12's
+# own: rustc-web (bookworm-security) is /usr/bin/rustc, and
+# libstd-rust-web-dev:ARCH, a multiarch package, puts the target's standard
+# library into its sysroot (/usr/lib/rustlib/TRIPLE). RUSTC=... picks the
+# compiler by hand; it must have the target's standard library, or be
+# /usr/bin/rustc (which gets it as above).
+debian_rustc=/usr/bin/rustc
+has_std() { # has_std RUSTC TRIPLE
+  local sysroot
+  sysroot=$("$1" --print sysroot 2>/dev/null) && [ -d "$sysroot/lib/rustlib/$2/lib" ]
+}
+debian_std() { # debian_std TRIPLE: installs Debian's rustc-web and the target's std
+  local sudo=""
+  target_info "$1"
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  command -v dpkg >/dev/null 2>&1 || die "no rustc with the standard library for $1, and no dpkg to install Debian's"
+  if [ "$deb_arch" != "$(dpkg --print-architecture)" ] &&
+    ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then
+    note "adding the Debian architecture $deb_arch (for libstd-rust-web-dev:$deb_arch)"
+    $sudo dpkg --add-architecture "$deb_arch" || die "dpkg --add-architecture $deb_arch failed"
   fi
+  apt_ensure rustc-web "libstd-rust-web-dev:$deb_arch"
+  has_std "$debian_rustc" "$1" ||
+    die "$debian_rustc has no standard library for $1 although libstd-rust-web-dev:$deb_arch is installed"
+}
+# target_rustc TRIPLE: sets rustc_bin, the compiler that builds TRIPLE.
+target_rustc() {
+  local t=$1
+  if [ -n "$rustc_choice" ]; then
+    rustc_bin=$rustc_choice
+    has_std "$rustc_bin" "$t" && return 0
+    [ "$rustc_bin" = "$debian_rustc" ] ||
+      die "RUSTC=$rustc_bin has no standard library for $t (unset RUSTC, or use RUSTC=$debian_rustc)"
+  else
+    rustc_bin=$(command -v rustc || true)
+    if [ -n "$rustc_bin" ]; then
+      has_std "$rustc_bin" "$t" && return 0
+      if command -v rustup >/dev/null 2>&1; then
+        note "adding the Rust target $t with rustup"
+        rustup target add "$t" && has_std "$rustc_bin" "$t" && return 0
+        note "'rustup target add $t' failed; using Debian's rustc-web and libstd-rust-web-dev instead"
+      fi
+    fi
+    rustc_bin=$debian_rustc
+  fi
+  debian_std "$t"
+}
+# rustc_info RUSTC: its version, path and, for Debian's, the package version.
+rustc_info() {
+  local v pkg
+  v="$("$1" --version), $1"
+  if [ "$1" = "$debian_rustc" ] && pkg=$(dpkg-query -W -f='${Version}' rustc-web 2>/dev/null); then
+    v="$v (Debian rustc-web $pkg)"
+  fi
+  echo "$v"
+}
+rustc_choice=${RUSTC:-}
+# Host tools (package-deb.sh's gator-ota-gen, smoke-qemu.sh's S3 server) use
+# the default toolchain; only the target builds get the rustc chosen here.
+unset RUSTC
+declare -A rustc_for
+for t in "${targets[@]}"; do
+  target_rustc "$t"
+  rustc_for[$t]=$rustc_bin
+  note "$t: $(rustc_info "$rustc_bin")"
 done
 
 for t in "${targets[@]}"; do
@@ -104,7 +165,6 @@ if [ "$commit" != unknown ] && [ -n "$(git -C "$root" status --porcelain --untra
   commit="$commit-dirty"
 fi
 epoch=$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)
-rustc_version=$(rustc --version)
 
 # --- build and pack -------------------------------------------------------------
 archives=()
@@ -117,7 +177,7 @@ for t in "${targets[@]}"; do
   # and linked statically, so no target libssl is needed and none is loaded on
   # the Pi. OPENSSLDIR=/etc/ssl makes its default trust store /etc/ssl/certs
   # and its config /etc/ssl/openssl.cnf, as with Debian's own OpenSSL.
-  OPENSSL_STATIC=1 OPENSSL_CONFIG_DIR=/etc/ssl \
+  OPENSSL_STATIC=1 OPENSSL_CONFIG_DIR=/etc/ssl RUSTC="${rustc_for[$t]}" \
     cargo build --release --locked --target "$t" -p gator-ota --bin gator-ota --features vendored-ssl ||
     die "cargo build for $t failed (see above)"
   build_secs=$((SECONDS - started))
@@ -167,7 +227,7 @@ os=$pi_os, Bookworm or newer
 glibc_min=$glibc
 needs=${needed% }
 commit=$commit
-rustc=$rustc_version
+rustc=$(rustc_info "${rustc_for[$t]}")
 features=vendored-ssl
 binary_bytes=$size
 EOF
@@ -178,14 +238,14 @@ EOF
     -C "$(dirname "$stage")" -cf - "$name" | gzip -n -9 >"$archive.tmp"
   mv -f "$archive.tmp" "$archive"
   archives+=("$archive")
+  summary+=("$(awk -v t="$t" -v s="$size" -v g="$glibc" -v b="$build_secs" -v a="${archive#"$root"/}" \
+    'BEGIN { printf "%-32s %.2f MiB binary (%d bytes), glibc >= %s, built in %ds -> %s", t, s / 1048576, s, g, b, a }')")
   if [ "$deb" -eq 1 ]; then
     # The binary just checked, packaged as it is.
     package=$(bash "$root/deploy/package-deb.sh" --target "$t" --no-build --out "$out" | tail -n 1) ||
       die "the Debian package for $t failed (see above)"
     summary+=("$(printf '%-32s %s' "" "-> ${package#"$root"/}")")
   fi
-  summary+=("$(awk -v t="$t" -v s="$size" -v g="$glibc" -v b="$build_secs" -v a="${archive#"$root"/}" \
-    'BEGIN { printf "%-32s %.2f MiB binary (%d bytes), glibc >= %s, built in %ds -> %s", t, s / 1048576, s, g, b, a }')")
 done
 
 (

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2015,SC2016  # `A && B || fail`: fail unless both hold; dpkg's ${Field}s
-# Tests the amd64 Debian package for real, in a throwaway Debian root (never
-# on this machine itself):
+# Tests a Debian package for real, in a throwaway Debian root (never on this
+# machine itself):
 #
-#   sudo bash deploy/test-deb.sh           # builds the packages, then tests
-#   sudo bash deploy/test-deb.sh --keep    # ... and leaves the root for a look
+#   sudo bash deploy/test-deb.sh               # amd64: builds the packages, then tests
+#   sudo bash deploy/test-deb.sh --arch arm64  # arm64 (or armhf) under qemu-user
+#   sudo bash deploy/test-deb.sh --keep        # ... and leaves the root for a look
 #
 # It makes two packages of the current build (revisions 1 and 2, with
-# deploy/package-deb.sh), a minimal Debian root with mmdebstrap from this
+# deploy/package-deb.sh; for arm64 and armhf, of the binary deploy/release.sh
+# built), a minimal Debian root of that architecture with mmdebstrap from this
 # machine's apt sources, and in it, through chroot and with apt-get as an
 # operator would:
 #   1. installs revision 1: the gator-ota user and /var/lib/gator-ota exist,
@@ -23,6 +25,11 @@
 #      settings are kept and its unit, which would override the package's,
 #      is named.
 # No systemd runs in a chroot: the maintainer scripts must get by without it.
+# An arm64 or armhf root runs its programs (dpkg, the maintainer scripts,
+# gator-ota itself) through qemu-user-static's binfmt_misc entries, whose F
+# flag lets the kernel find qemu from inside the chroot; the script installs
+# qemu-user-static and, where no systemd-binfmt registered its entries (a
+# container), mounts binfmt_misc and registers the one it needs.
 # Takes a few minutes (mostly mmdebstrap); not part of tests/run.sh.
 set -euo pipefail
 
@@ -31,13 +38,44 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/deploy/release-common.sh"
 
 keep=0
-case "${1:-}" in
-  --keep) keep=1 ;;
-  "") ;;
-  -h | --help) sed -n '3,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) die "unknown argument '$1' (see --help)" ;;
-esac
+host_arch=$(dpkg --print-architecture)
+arch=$host_arch
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep) keep=1; shift ;;
+    --arch) [ $# -ge 2 ] || die "--arch needs a value (arm64, armhf)"; arch=$2; shift 2 ;;
+    --arch=*) arch=${1#*=}; shift ;;
+    -h | --help) sed -n '3,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
 [ "$(id -u)" -eq 0 ] || die "run as root (mmdebstrap and chroot need it): sudo bash $0"
+
+# The release target of a foreign architecture, and what runs its programs.
+target=""
+if [ "$arch" != "$host_arch" ]; then
+  for t in "${RELEASE_TARGETS[@]}"; do
+    target_info "$t"
+    if [ "$deb_arch" = "$arch" ]; then target=$t; break; fi
+  done
+  [ -n "$target" ] || die "--arch $arch: not $host_arch and no release target builds it"
+  cpu=${qemu#qemu-}
+  apt_ensure qemu-user-static arch-test # mmdebstrap checks a foreign root with arch-test
+  binfmt=/proc/sys/fs/binfmt_misc
+  if [ ! -e "$binfmt/register" ]; then
+    note "mounting binfmt_misc on $binfmt (nothing has)"
+    mount -t binfmt_misc binfmt_misc "$binfmt" || die "cannot mount binfmt_misc on $binfmt"
+  fi
+  if [ ! -e "$binfmt/qemu-$cpu" ]; then
+    note "registering qemu-$cpu with binfmt_misc (/usr/lib/binfmt.d/qemu-$cpu.conf)"
+    cat "/usr/lib/binfmt.d/qemu-$cpu.conf" >"$binfmt/register" ||
+      die "cannot register /usr/lib/binfmt.d/qemu-$cpu.conf"
+  fi
+  grep -qx enabled "$binfmt/qemu-$cpu" && grep -q '^flags: [A-Z]*F' "$binfmt/qemu-$cpu" ||
+    die "$binfmt/qemu-$cpu is not enabled with the F flag (qemu-user-binfmt's entry?); a chroot needs qemu-user-static's"
+  # The binary release.sh built, in its target folder.
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target/cross}"
+fi
 
 work=$(mktemp -d /tmp/gator-ota-test-deb.XXXXXX)
 chroot_dir="$work/root"
@@ -59,11 +97,16 @@ apt_in_root() {
   DEBIAN_FRONTEND=noninteractive chroot "$chroot_dir" apt-get -y -o Dpkg::Use-Pty=0 "$@"
 }
 
-step "packages: revisions 1 and 2 of the current build"
-bash "$root/deploy/package-deb.sh" --revision 1 --out "$work/r1" >/dev/null
-bash "$root/deploy/package-deb.sh" --no-build --revision 2 --out "$work/r2" >/dev/null
-deb1=$(echo "$work"/r1/gator-ota_*-1_amd64.deb)
-deb2=$(echo "$work"/r2/gator-ota_*-2_amd64.deb)
+step "packages: revisions 1 and 2 of the current build ($arch)"
+if [ -n "$target" ]; then
+  bash "$root/deploy/package-deb.sh" --target "$target" --no-build --revision 1 --out "$work/r1" >/dev/null
+  bash "$root/deploy/package-deb.sh" --target "$target" --no-build --revision 2 --out "$work/r2" >/dev/null
+else
+  bash "$root/deploy/package-deb.sh" --revision 1 --out "$work/r1" >/dev/null
+  bash "$root/deploy/package-deb.sh" --no-build --revision 2 --out "$work/r2" >/dev/null
+fi
+deb1=$(echo "$work"/r1/gator-ota_*-1_"$arch".deb)
+deb2=$(echo "$work"/r2/gator-ota_*-2_"$arch".deb)
 [ -f "$deb1" ] && [ -f "$deb2" ] || die "package-deb.sh made no packages in $work"
 echo "$deb1"
 echo "$deb2"
@@ -77,8 +120,8 @@ for f in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list; do
 done
 [ -n "$sources" ] || die "no apt sources in /etc/apt to make the Debian root from"
 suite=$(. /etc/os-release && echo "${VERSION_CODENAME:?}")
-step "Debian root: mmdebstrap $suite (apt variant, with $deps) from $sources"
-mmdebstrap --quiet --mode=root --variant=apt --include="$deps" \
+step "Debian root: mmdebstrap $suite $arch (apt variant, with $deps) from $sources"
+mmdebstrap --quiet --mode=root --variant=apt --arch="$arch" --include="$deps" \
   "$suite" "$chroot_dir" "$sources" || die "mmdebstrap failed"
 cp "$deb1" "$deb2" "$chroot_dir/tmp/"
 [ ! -e "$chroot_dir/run/systemd/system" ] || fail "the root claims a running systemd"
@@ -116,6 +159,10 @@ for f in usr/share/man/man1/gator-ota.1.gz usr/share/man/man1/gator-ota-run.1.gz
   usr/share/doc/gator-ota/copyright; do
   [ -f "$chroot_dir/$f" ] || fail "/$f is missing"
 done
+[ "$(in_root dpkg --print-architecture)" = "$arch" ] || fail "the root is not $arch"
+if [ -n "$target" ]; then
+  file -b "$chroot_dir/usr/bin/gator-ota" | grep -qF "$elf_desc" || fail "/usr/bin/gator-ota is not an $elf_desc binary"
+fi
 in_root gator-ota check-config --settings /etc/gator-ota/settings.toml >/dev/null ||
   fail "check-config refuses the shipped settings"
 in_root runuser -u gator-ota -- touch /var/lib/gator-ota/state-probe ||
@@ -173,4 +220,4 @@ grep -q '^id = "from-the-archive"$' "$chroot_dir/etc/gator-ota/settings.toml" ||
   fail "the archive's settings were replaced"
 echo "ok: the archive's settings kept, its unit named"
 echo
-echo "test-deb.sh: all steps passed ($(dpkg-deb -f "$deb1" Package) $(dpkg-deb -f "$deb1" Version) -> $(dpkg-deb -f "$deb2" Version), Debian $suite root)"
+echo "test-deb.sh: all steps passed ($(dpkg-deb -f "$deb1" Package) $(dpkg-deb -f "$deb1" Version) -> $(dpkg-deb -f "$deb2" Version), Debian $suite $arch root)"
