@@ -196,7 +196,7 @@ start_s3() {
   pid=$!
   pids+=("$pid")
   for _ in $(seq 400); do
-    port=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$work/$name.out")
+    port=$(sed -n 's|^listening on http://127.0.0.1:\([0-9]*\)$|\1|p' "$work/$name.out" 2>/dev/null || true)
     [ -n "$port" ] && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.05
