@@ -30,7 +30,9 @@ else
   command -v cmake >/dev/null 2>&1 || missing+=(cmake)
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
-  dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+  # The host's own: with the Pi's libssl-dev:arm64/armhf also installed
+  # (deploy/release.sh), a bare `dpkg -s libssl-dev` is ambiguous and fails.
+  dpkg -s "libssl-dev:$(dpkg --print-architecture)" >/dev/null 2>&1 || missing+=(libssl-dev)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   if [ "$tests" -eq 1 ]; then
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)

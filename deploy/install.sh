@@ -78,8 +78,19 @@ if [ "$staged" -eq 0 ]; then
       die "this archive is for $want_arch ($target) but this system's packages are $have_arch: use $other"
     fi
   fi
+  # The binary links the system's OpenSSL 3 (libssl.so.3, libcrypto.so.3).
+  if command -v ldconfig >/dev/null 2>&1; then
+    for lib in $(info needs); do
+      case "$lib" in
+        libssl.so.* | libcrypto.so.*)
+          ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$lib " ||
+            die "gator-ota needs OpenSSL 3 ($lib), which is not installed: sudo apt install libssl3 (Debian 13 and newer: libssl3t64)"
+          ;;
+      esac
+    done
+  fi
   "$here/gator-ota" --version >/dev/null 2>&1 ||
-    die "$here/gator-ota does not run on this machine ($(uname -m)); is this the right archive for it?"
+    die "$here/gator-ota does not run on this machine ($(uname -m)); is this the right archive for it (and is OpenSSL 3, libssl3, installed)?"
 fi
 
 say() { echo "  $*"; }

@@ -3,7 +3,7 @@
 # lintian (no errors allowed):
 #
 #   bash deploy/package-deb.sh                     # amd64, built here -> dist/
-#   bash deploy/package-deb.sh --target aarch64-unknown-linux-gnu --no-build
+#   bash deploy/package-deb.sh --target aarch64-unknown-linux-gnu --profile pi --no-build
 #                                                  # arm64, from release.sh's build
 #
 # The package, dist/gator-ota_VERSION-REVISION_ARCH.deb, holds the binary
@@ -20,11 +20,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 
 usage() {
   cat <<EOF
-Usage: bash deploy/package-deb.sh [--target TRIPLE] [--no-build] [--revision N]
-                                  [--out DIR] [--no-lintian]
+Usage: bash deploy/package-deb.sh [--target TRIPLE] [--profile NAME] [--no-build]
+                                  [--revision N] [--out DIR] [--no-lintian]
 
   --target TRIPLE  package the build for TRIPLE (one of: ${RELEASE_TARGETS[*]});
                    default: this machine (x86_64 -> amd64)
+  --profile NAME   the Cargo profile to build or take the binary from (default
+                   release; release.sh's Pi builds use pi)
   --no-build       package the binary already built (release.sh does this)
   --revision N     the Debian revision, VERSION-N (default 1)
   --out DIR        where the .deb goes (default: dist/, or \$GATOR_OTA_DIST)
@@ -36,6 +38,7 @@ EOF
 }
 
 target=""
+profile=release
 build=1
 revision=1
 lint=1
@@ -44,6 +47,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --target) [ $# -ge 2 ] || die "--target needs a value"; target=$2; shift 2 ;;
     --target=*) target=${1#*=}; shift ;;
+    --profile) [ $# -ge 2 ] || die "--profile needs a value"; profile=$2; shift 2 ;;
+    --profile=*) profile=${1#*=}; shift ;;
     --no-build) build=0; shift ;;
     --revision) [ $# -ge 2 ] || die "--revision needs a value"; revision=$2; shift 2 ;;
     --revision=*) revision=${1#*=}; shift ;;
@@ -69,15 +74,15 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 
 if [ -n "$target" ]; then
   target_info "$target"
-  bin="$target_dir/$target/release/gator-ota"
+  bin="$target_dir/$target/$profile/gator-ota"
   target_args=(--target "$target")
 else
-  bin="$target_dir/release/gator-ota"
+  bin="$target_dir/$profile/gator-ota"
   target_args=()
 fi
 if [ "$build" -eq 1 ]; then
-  note "building gator-ota ${target:-for this machine} (release)"
-  cargo build --release --locked -p gator-ota --bin gator-ota "${target_args[@]}" ||
+  note "building gator-ota ${target:-for this machine} (profile $profile)"
+  cargo build --profile "$profile" --locked -p gator-ota --bin gator-ota "${target_args[@]}" ||
     die "cargo build failed (see above)"
 fi
 [ -x "$bin" ] || die "$bin is missing: build it first (deploy/release.sh), or leave out --no-build"
@@ -115,7 +120,7 @@ epoch=$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)
 } >"$assets/changelog"
 
 # --- the package --------------------------------------------------------------------
-deb_args=(--no-build --no-strip --deb-revision "$revision" --output "$out" "${target_args[@]}")
+deb_args=(--no-build --no-strip --profile "$profile" --deb-revision "$revision" --output "$out" "${target_args[@]}")
 [ -z "${GATOR_OTA_DEB_MAINTAINER:-}" ] || deb_args+=(--maintainer "$GATOR_OTA_DEB_MAINTAINER")
 note "cargo deb ${deb_args[*]}"
 deb=$(SOURCE_DATE_EPOCH=$epoch cargo deb -p gator-ota "${deb_args[@]}" | tail -n 1) ||

@@ -20,7 +20,7 @@
 #      HTTP/1.0 from the emulated binary's firmware server gets the pointer
 #      (/current_version.txt) and then the image with its x-MD5, and SIGTERM
 #      stops it cleanly;
-#   3. over TLS (ssl://), the vendored OpenSSL refuses the broker while its CA
+#   3. over TLS (ssl://), OpenSSL refuses the broker while its CA
 #      is not in /etc/ssl/certs, and with the CA added there (a hash link, as
 #      update-ca-certificates makes) completes a second round trip. The CA
 #      is added in a private mount namespace (unshare -m, a copy of
@@ -28,9 +28,12 @@
 #      never changed. (qemu's -L cannot stand in for it: qemu 7.2 does not
 #      remap statx, which 32-bit glibc's stat() uses.)
 #
-# qemu-aarch64 / qemu-arm are run explicitly (no binfmt needed). When
-# Debian's multiarch libc for the target is installed, qemu runs without -L
-# and the program uses it; otherwise -L /usr/<triple> gives it the cross libc.
+# qemu-aarch64 / qemu-arm are run explicitly (no binfmt needed). The binary
+# links the target's OpenSSL 3: the script installs Debian's multiarch
+# libssl3:ARCH (with it the target's multiarch libc), and qemu runs without -L
+# so the program loads both from /usr/lib/<triple>. Without a multiarch libc,
+# -L /usr/<triple> gives it the cross libc (enough only for a binary built
+# with the vendored-ssl feature).
 # (-L with the multiarch libc installed mixes two C libraries and hangs.)
 set -euo pipefail
 
@@ -86,7 +89,7 @@ pkgs=(qemu-user mosquitto mosquitto-clients openssl ca-certificates jq file tar 
 for a in "${archives[@]}"; do
   t=$(archive_target "$a")
   target_info "$t"
-  pkgs+=("libc6-${deb_arch}-cross" "libgcc-s1-${deb_arch}-cross")
+  pkgs+=("libc6-${deb_arch}-cross" "libgcc-s1-${deb_arch}-cross" "libssl3:${deb_arch}")
 done
 apt_ensure "${pkgs[@]}"
 bash "$root/deploy/install-deps.sh" # cmake, libssl-dev, ... for the host build below

@@ -99,8 +99,8 @@ apt_in_root() {
 
 step "packages: revisions 1 and 2 of the current build ($arch)"
 if [ -n "$target" ]; then
-  bash "$root/deploy/package-deb.sh" --target "$target" --no-build --revision 1 --out "$work/r1" >/dev/null
-  bash "$root/deploy/package-deb.sh" --target "$target" --no-build --revision 2 --out "$work/r2" >/dev/null
+  bash "$root/deploy/package-deb.sh" --target "$target" --profile pi --no-build --revision 1 --out "$work/r1" >/dev/null
+  bash "$root/deploy/package-deb.sh" --target "$target" --profile pi --no-build --revision 2 --out "$work/r2" >/dev/null
 else
   bash "$root/deploy/package-deb.sh" --revision 1 --out "$work/r1" >/dev/null
   bash "$root/deploy/package-deb.sh" --no-build --revision 2 --out "$work/r2" >/dev/null
