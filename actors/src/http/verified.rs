@@ -14,14 +14,12 @@
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use md5::Md5;
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use crate::hashes::hex;
+use crate::hashes::{Checks, hash_file};
 use crate::journal::InstalledImage;
 
 /// Files whose checks are kept; past it the one served longest ago goes
@@ -121,34 +119,27 @@ impl Entries {
 }
 
 /// The image's MD5 (the index's, or computed), if the file's first
-/// `image.bytes` bytes hash to the index's SHA-256. Blocking. Read by
-/// offset: a cloned handle shares the file position with the original.
-fn check(file: File, image: &InstalledImage) -> Option<String> {
-    let mut sha256 = Sha256::new();
-    let mut md5 = image.md5.is_none().then(Md5::new);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut at = 0u64;
-    while at < image.bytes {
-        let n = (image.bytes - at).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], at).ok()?;
-        sha256.update(&buf[..n]);
-        if let Some(m) = md5.as_mut() {
-            m.update(&buf[..n]);
-        }
-        at += n as u64;
-    }
-    if hex(&sha256.finalize()) != image.sha256 {
+/// `image.bytes` bytes hash to the index's SHA-256. Blocking. It moves the
+/// position that `file` shares with the request's handle; the body is sent
+/// by offset, so nothing reads from that position.
+fn check(mut file: File, image: &InstalledImage) -> Option<String> {
+    let checks = Checks {
+        md5: image.md5.is_none(),
+        crc: None,
+    };
+    let digests = hash_file(&mut file, image.bytes, checks).ok()?.finish();
+    if digests.sha256 != image.sha256 {
         return None;
     }
-    match md5 {
-        Some(m) => Some(hex(&m.finalize())),
-        None => image.md5.clone(),
-    }
+    digests.md5.or_else(|| image.md5.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hashes::hex;
+    use md5::{Digest, Md5};
+    use sha2::Sha256;
 
     fn image(bytes: &[u8], seq: u64) -> InstalledImage {
         InstalledImage {
