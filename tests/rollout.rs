@@ -89,6 +89,21 @@ fn control(world: &World, content: Value) {
     publish(&world.broker.url(), CONTROL_TOPIC, &content.to_string());
 }
 
+/// Starts the gateway, has every device report once, waits until the
+/// registry knows them all, and installs the image their rollout is of.
+fn start_rollout(world: &World, settings: &Path, devices: &[DataGator]) -> (Gateway, SocketAddr) {
+    let gw = start_gateway(world, settings);
+    let http = gw.http_addr();
+    for d in devices {
+        d.telemetry();
+    }
+    wait_until(DEADLINE, "every device in the registry", || {
+        status_json(http)["devices"].as_array().unwrap().len() == devices.len()
+    });
+    install_esp_image(world, "rollout-1", IMAGE, 64 * 1024, 9);
+    (gw, http)
+}
+
 fn gator_ota_status(settings: &Path, world: &World, url: &str) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gator-ota"));
     cmd.args(["status", "--url", url])
@@ -119,15 +134,7 @@ fn a_staged_rollout_goes_canary_then_two_waves() {
             canary.iter().collect::<Vec<_>>()
         ),
     );
-    let gw = start_gateway(&world, &settings);
-    let http = gw.http_addr();
-    for d in &devices {
-        d.telemetry();
-    }
-    wait_until(DEADLINE, "every device in the registry", || {
-        status_json(http)["devices"].as_array().unwrap().len() == devices.len()
-    });
-    install_esp_image(&world, "rollout-1", IMAGE, 64 * 1024, 9);
+    let (gw, http) = start_rollout(&world, &settings, &devices);
     let s = wait_staged(http, "the rollout at the canary", |s| s["wave"] == 0);
     assert_eq!(
         (s["status"].as_str(), s["waves"].as_u64()),
@@ -249,15 +256,7 @@ fn the_cloud_pauses_pins_and_aborts_and_the_state_outlives_a_restart() {
         &world,
         &format!("canary = [{:?}]\nwaves = [50, 100]\n", devices[0].mac),
     );
-    let gw = start_gateway(&world, &settings);
-    let http = gw.http_addr();
-    for d in &devices {
-        d.telemetry();
-    }
-    wait_until(DEADLINE, "every device in the registry", || {
-        status_json(http)["devices"].as_array().unwrap().len() == devices.len()
-    });
-    install_esp_image(&world, "rollout-1", IMAGE, 64 * 1024, 9);
+    let (gw, http) = start_rollout(&world, &settings, &devices);
     wait_staged(http, "the rollout at the canary", |s| s["admitted"] == 1);
 
     // Bad control messages: a named field in the log, nothing changes.
