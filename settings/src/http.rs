@@ -181,6 +181,7 @@ mod tests {
             ("[http]\nlisten = []\n", "http.listen"),
             ("[http]\nmax_connections = 0\n", "http.max_connections"),
             ("[http]\nrequest_timeout = \"0s\"\n", "http.request_timeout"),
+            ("[http]\nsend_timeout = \"0s\"\n", "http.send_timeout"),
             ("[http]\ndevice_log_bytes = 10\n", "http.device_log_bytes"),
             ("[http]\nlisten_on = 1\n", "http.listen_on"),
             (

@@ -116,15 +116,7 @@ mod tests {
     use crate::{Env, SettingsError, load_with_env};
 
     fn refused_key(vars: &[(&str, &str)]) -> String {
-        let env: Env = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        match load_with_env(None, &env) {
-            Err(SettingsError::Invalid { key, .. }) => key,
-            Err(other) => panic!("expected a key error, got {other}"),
-            Ok(_) => panic!("{vars:?} was accepted"),
-        }
+        crate::tests::refused(None, vars).0
     }
 
     #[test]

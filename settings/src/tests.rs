@@ -27,7 +27,7 @@ fn settings_file(toml: &str) -> SettingsFile {
 }
 
 /// The key and the whole message of the error loading `file` and `vars`.
-fn refused(file: Option<&Path>, vars: &[(&str, &str)]) -> (String, String) {
+pub(crate) fn refused(file: Option<&Path>, vars: &[(&str, &str)]) -> (String, String) {
     match load_with_env(file, &env(vars)) {
         Ok(_) => panic!("{file:?} {vars:?} was accepted"),
         Err(e @ SettingsError::Invalid { .. }) => {
