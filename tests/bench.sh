@@ -4,6 +4,7 @@
 # a missed bar only with --strict.
 #
 #   bash tests/bench.sh [--strict] [--no-build] [--runs N] [--small-runs N] [--startup-runs N]
+#                       [--perf FILE]
 #
 # What it does:
 #   1. installs its apt needs (mosquitto, mosquitto-clients, curl, and what the
@@ -37,6 +38,10 @@
 #   8. peak RSS: gator-ota's VmHWM after all of that; then the table of
 #      figures, bars and PASS/FAIL.
 #
+# --perf FILE records gator-ota with `perf record` during the 256 MiB runs
+# (not the warm-up) into FILE, for `perf report -i FILE`. perf's own cost
+# lands in the CPU figures of that run.
+#
 # Every run starts with one untimed warm-up of each client. gator-ota's times
 # include all its per-job costs: the journal, MQTT, the pointer file and
 # every fsync (image, folders, pointer).
@@ -53,6 +58,7 @@ build=1
 runs=5
 small_runs=21
 startup_runs=7
+perf_out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --strict) strict=1 ;;
@@ -60,6 +66,7 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift ;;
     --small-runs) small_runs=$2; shift ;;
     --startup-runs) startup_runs=$2; shift ;;
+    --perf) perf_out=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -376,10 +383,22 @@ for i in $(seq 0 "$runs"); do
   [ "$i" -eq 0 ] && label="warm-up"
   printf '  %-7s curl %7s MiB/s %5d ms CPU | gator-ota %7s MiB/s %5d ms CPU\n' "$label" \
     "$(rate "$big_bytes" "$c_us")" "$c_cpu" "$(rate "$big_bytes" "$g_us")" "$g_cpu"
+  if [ "$i" -eq 0 ] && [ -n "$perf_out" ]; then
+    perf record -q -p "$gpid" -o "$perf_out" 2> "$work/perf.log" &
+    perf_pid=$!
+    pids+=("$perf_pid")
+    sleep 1  # perf attaches; nothing here is timed
+  fi
   [ "$i" -eq 0 ] && continue
   curl_big+=("$(rate "$big_bytes" "$c_us")"); gator_big+=("$(rate "$big_bytes" "$g_us")")
   curl_cpu+=("$c_cpu"); gator_cpu+=("$g_cpu")
 done
+if [ -n "$perf_out" ]; then
+  kill -INT "$perf_pid" 2>/dev/null || true
+  wait "$perf_pid" 2>/dev/null || true
+  forget "$perf_pid"
+  echo "  perf: gator-ota's profile of the 256 MiB runs is in $perf_out"
+fi
 [ "$(sha256sum "$image_dir/bench-big.bin" | cut -d' ' -f1)" = "$big_sha" ] \
   || die "the installed 256 MiB image's sha256 differs from the object's"
 

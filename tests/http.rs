@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gator_ota_testkit::{pseudo_random_bytes, to_hex};
+use gator_ota_testkit::{Action, Fault, S3Front, checksum_crc64nvme, pseudo_random_bytes, to_hex};
 use md5::{Digest, Md5};
 use serde_json::Value;
 
@@ -858,4 +858,73 @@ fn a_stop_lets_a_download_in_flight_finish() {
     assert!(body == image, "the whole image, though the service stops");
     wait_until(DEADLINE, "gator-ota to exit", || gw.exit_status().is_some());
     assert!(gw.exit_status().unwrap().success());
+}
+
+/// Most objects in S3 carry a CRC-64/NVME, and a download checked by it
+/// takes no SHA-256 or MD5: the index records the CRC. The server still
+/// sends the image's own `x-SHA256`, ETag and `x-MD5` (from its first read,
+/// checked against the CRC), refuses the file once it rots on the disk, and
+/// a repeated message re-checks the installed image by the CRC and
+/// downloads it again.
+#[test]
+fn an_image_checked_by_its_crc_alone_is_served_with_its_own_digests() {
+    let world = World::new();
+    let front = S3Front::start(&world.s3);
+    let image = esp_image(150 * 1024 + 1, 21);
+    let (name, key) = ("datagator_v1.0.3.bin", "data-gator/datagator_v1.0.3.bin");
+    world.s3.put_object(BUCKET, key, &image);
+    front.add(Fault::any(
+        key,
+        Action::ChecksumCrc64Nvme(checksum_crc64nvme(&image)),
+    ));
+    let mut env = world.env();
+    env.push((
+        "GATOR_OTA__CARRIERS__S3_FIRMWARE_OTA__ENDPOINT".into(),
+        front.endpoint(),
+    ));
+    let gw = Gateway::start(env);
+    let addr = gw.http_addr();
+    let confirms = world.confirms();
+    let message = firmware_image("m-crc", name, key);
+    world.publish_json(&message);
+    let confirm = confirms.recv_json(DEADLINE).expect("a confirm_receipt");
+    assert_eq!(confirm["file_name"], name);
+    gw.wait_line(&["the image matches the object's own checksum", "crc64nvme"]);
+    let index_path = world.data_dir().join(".gator-ota/installed.json");
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    let recorded = index.to_string();
+    assert!(recorded.contains("crc64nvme"), "{recorded}");
+    assert!(
+        !recorded.contains("\"sha256\"") && !recorded.contains("\"md5\""),
+        "{recorded}"
+    );
+
+    let args = httpupdate_args(&md5_hex(b"the running sketch"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = curl(addr, &format!("/{name}"), &args);
+    assert_eq!(got.status, 200);
+    assert!(got.body == image);
+    assert_eq!(got.header("x-md5"), Some(md5_hex(&image).as_str()));
+    assert_eq!(got.header("x-sha256"), Some(sha256_hex(&image).as_str()));
+    let etag = format!("\"{}\"", sha256_hex(&image));
+    assert_eq!(got.header("etag"), Some(etag.as_str()));
+
+    // One byte rots, same size: the server refuses the file...
+    let installed = world.image(name);
+    let mut rotten = std::fs::read(&installed).unwrap();
+    rotten[1000] ^= 0x40;
+    std::fs::write(&installed, &rotten).unwrap();
+    wait_until(DEADLINE, "the rotten image refused", || {
+        curl(addr, &format!("/{name}"), &args).status == 404
+    });
+    // ...and the repeated message finds it by the CRC and downloads it again.
+    world.publish_json(&firmware_image("m-crc-again", name, key));
+    let confirm = confirms
+        .recv_json(DEADLINE)
+        .expect("a second confirm_receipt");
+    assert_eq!(confirm["file_name"], name);
+    gw.wait_log("no longer matches its checksum");
+    assert!(std::fs::read(&installed).unwrap() == image);
+    assert_eq!(curl(addr, &format!("/{name}"), &args).status, 200);
 }

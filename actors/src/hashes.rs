@@ -1,16 +1,19 @@
-//! Every digest gator-ota takes of an image: SHA-256 always (the index of
-//! installed images and the firmware server's ETag key on it), and MD5 or
-//! S3's CRC-64/NVME or CRC-32C only when it is the check that vouches for
-//! the bytes ([`Checks`]).
+//! Every digest gator-ota takes of an image, and only the ones that are
+//! its check ([`Checks`]): S3's CRC-64/NVME or CRC-32C when the object has
+//! one and nothing stronger is asked for, SHA-256 when the message or the
+//! object gives one (or nothing else would vouch), MD5 when the message
+//! gives one or the object's ETag is the only checksum at hand.
 //!
-//! Staging hashes each chunk as it is written. MD5 has no hardware help and
-//! costs more than SHA-256 with SHA-NI and the write together: on a 256 MiB
-//! download it was most of the service's CPU. So it is computed only when
-//! the message gives one or the object's ETag is the only checksum at hand
-//! (S3 gives every new object a CRC-64/NVME), and then a [`Pipeline`] runs
-//! it on a thread of its own beside the writer: on two cores the costs
-//! overlap instead of adding up. The firmware server takes the MD5 it sends
-//! devices from its own read of the image when the download did not.
+//! Staging hashes each chunk as it is written. SHA-256 (with SHA-NI) was
+//! over half of the service's CPU on a 256 MiB download, and MD5 has no
+//! hardware help and costs more still; a CRC-64 with carry-less multiply
+//! costs a thirtieth of SHA-256. S3 gives every new object a CRC-64/NVME,
+//! so most downloads compute the CRC alone. The firmware server takes the
+//! SHA-256 and MD5 it sends devices from its own read of the image, once
+//! per image, checked against what the download recorded
+//! (`http::verified`). When MD5 is computed, a [`Pipeline`] runs it on a
+//! thread of its own beside the writer: on two cores the costs overlap
+//! instead of adding up.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -23,7 +26,8 @@ use sha2::{Digest, Sha256};
 
 /// A CRC an S3 object may carry as its own checksum, computed while the
 /// image is staged only when the job asks for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Crc {
     /// CRC-64/NVME: S3's default for new uploads.
     Crc64Nvme,
@@ -49,28 +53,33 @@ impl std::fmt::Display for Crc {
     }
 }
 
-/// The digests a download computes besides SHA-256: the ones the job
-/// checks the bytes against.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The digests a download computes: the ones the job checks the bytes
+/// against, and so the ones the index records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checks {
+    pub sha256: bool,
     pub md5: bool,
     pub crc: Option<Crc>,
 }
 
 impl Checks {
-    /// MD5 as well: for an installed image read back, whose MD5 is compared
-    /// with a message's.
-    pub const ALL_BUT_CRC: Checks = Checks {
+    pub const SHA256: Checks = Checks {
+        sha256: true,
+        md5: false,
+        crc: None,
+    };
+    /// What the firmware server sends devices (`x-SHA256`, `x-MD5`).
+    pub const SHA256_MD5: Checks = Checks {
+        sha256: true,
         md5: true,
         crc: None,
     };
 }
 
-/// Running digests over the bytes staged so far: the SHA-256, and the
-/// [`Checks`] asked for.
-#[derive(Clone, Default)]
+/// Running digests over the bytes staged so far: the [`Checks`] asked for.
+#[derive(Clone)]
 pub struct Hashes {
-    sha256: Sha256,
+    sha256: Option<Sha256>,
     md5: Option<Md5>,
     crc: Option<(Crc, crc_fast::Digest)>,
 }
@@ -84,8 +93,8 @@ impl std::fmt::Debug for Hashes {
 /// What [`Hashes`] add up to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digests {
-    /// Lowercase hex.
-    pub sha256: String,
+    /// Lowercase hex, if asked for.
+    pub sha256: Option<String>,
     /// Lowercase hex, if asked for.
     pub md5: Option<String>,
     /// The CRC asked for, if one was.
@@ -93,10 +102,10 @@ pub struct Digests {
 }
 
 impl Hashes {
-    /// Digests of no bytes yet, with `checks` computed too.
+    /// Digests of no bytes yet, `checks` to compute.
     pub fn new(checks: Checks) -> Self {
         Self {
-            sha256: Sha256::default(),
+            sha256: checks.sha256.then(Sha256::default),
             md5: checks.md5.then(Md5::default),
             crc: checks.crc.map(|c| (c, c.digest())),
         }
@@ -107,7 +116,7 @@ impl Hashes {
         let crc = checks
             .crc
             .is_none_or(|want| self.crc.is_some_and(|(have, _)| have == want));
-        crc && (!checks.md5 || self.md5.is_some())
+        crc && (!checks.md5 || self.md5.is_some()) && (!checks.sha256 || self.sha256.is_some())
     }
 
     pub(crate) fn update(&mut self, bytes: &[u8]) {
@@ -118,7 +127,9 @@ impl Hashes {
     }
 
     fn update_but_md5(&mut self, bytes: &[u8]) {
-        self.sha256.update(bytes);
+        if let Some(sha256) = &mut self.sha256 {
+            sha256.update(bytes);
+        }
         if let Some((_, digest)) = &mut self.crc {
             digest.update(bytes);
         }
@@ -126,7 +137,7 @@ impl Hashes {
 
     pub fn finish(self) -> Digests {
         Digests {
-            sha256: hex(&self.sha256.finalize()),
+            sha256: self.sha256.map(|s| hex(&s.finalize())),
             md5: self.md5.map(|m| hex(&m.finalize())),
             crc: self.crc.map(|(c, digest)| (c, digest.finalize())),
         }
@@ -228,7 +239,11 @@ mod tests {
     fn a_pipeline_gives_the_digests_of_hashing_inline() {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
         for crc in [None, Some(Crc::Crc64Nvme), Some(Crc::Crc32c)] {
-            let checks = Checks { md5: true, crc };
+            let checks = Checks {
+                sha256: true,
+                md5: true,
+                crc,
+            };
             let mut inline = Hashes::new(checks);
             inline.update(&data);
             // Carried across a resume: the first part hashed inline.
@@ -244,7 +259,7 @@ mod tests {
 
     #[test]
     fn an_empty_pipeline_is_the_digest_of_nothing() {
-        let digests = Hashes::new(Checks::ALL_BUT_CRC)
+        let digests = Hashes::new(Checks::SHA256_MD5)
             .pipeline(1)
             .finish()
             .finish();
@@ -253,18 +268,30 @@ mod tests {
             Some("d41d8cd98f00b204e9800998ecf8427e")
         );
         assert_eq!(
-            digests.sha256,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            digests.sha256.as_deref(),
+            Some("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         );
     }
 
     #[test]
-    fn md5_only_when_asked_for() {
-        let mut piped = Hashes::new(Checks::default()).pipeline(2);
+    fn each_digest_only_when_asked_for() {
+        let mut piped = Hashes::new(Checks::SHA256).pipeline(2);
         piped.update(&Bytes::from_static(b"hello world"));
         let hashes = piped.finish();
-        assert!(!hashes.computes(Checks::ALL_BUT_CRC));
-        assert!(hashes.computes(Checks::default()));
+        assert!(!hashes.computes(Checks::SHA256_MD5));
+        assert!(hashes.computes(Checks::SHA256));
         assert_eq!(hashes.finish().md5, None);
+
+        let crc_only = Checks {
+            sha256: false,
+            md5: false,
+            crc: Some(Crc::Crc64Nvme),
+        };
+        let mut hashes = Hashes::new(crc_only);
+        hashes.update(b"hello world");
+        assert!(!hashes.computes(Checks::SHA256));
+        let digests = hashes.finish();
+        assert_eq!((digests.sha256, digests.md5), (None, None));
+        assert!(digests.crc.is_some());
     }
 }

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tracing::{error, warn};
 
 use crate::durable::{sync_dir, write_atomic};
+use crate::hashes::{Checks, Crc, Digests};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,14 +57,43 @@ pub struct InstalledImage {
     pub file_name: String,
     pub cloud_path: String,
     pub bytes: u64,
-    pub sha256: String,
-    /// When the download computed it (it was the check, or the message gave
-    /// it); the firmware server computes its own otherwise.
+    /// The digests the download checked the image by, lowercase hex; at
+    /// least one of the three. The firmware server, and the re-check before
+    /// a repeated confirm, compare the file with every one recorded.
+    /// (Records before the CRC came always have a SHA-256.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub md5: Option<String>,
+    /// The object's own CRC, when it was the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc: Option<(Crc, u64)>,
     pub etag: Option<String>,
     /// Order of installation, for retention.
     pub seq: u64,
+}
+
+impl InstalledImage {
+    /// What to compute of a file to compare it with this record.
+    pub fn checks(&self) -> Checks {
+        Checks {
+            sha256: self.sha256.is_some(),
+            md5: self.md5.is_some(),
+            crc: self.crc.map(|(crc, _)| crc),
+        }
+    }
+
+    /// True when `digests` (taken with at least [`Self::checks`]) agree
+    /// with every digest recorded. A record with none vouches for nothing.
+    pub fn matches(&self, digests: &Digests) -> bool {
+        let agrees = |recorded: &Option<String>, computed: &Option<String>| {
+            recorded.is_none() || recorded == computed
+        };
+        let any = self.sha256.is_some() || self.md5.is_some() || self.crc.is_some();
+        any && agrees(&self.sha256, &digests.sha256)
+            && agrees(&self.md5, &digests.md5)
+            && (self.crc.is_none() || self.crc == digests.crc)
+    }
 }
 
 /// A pointer gator-ota wrote: what it says and the image that is.
@@ -341,8 +371,9 @@ mod tests {
             file_name: "a".into(),
             cloud_path: "fw/a".into(),
             bytes: 1,
-            sha256: "x".into(),
+            sha256: Some("x".into()),
             md5: Some("y".into()),
+            crc: None,
             etag: None,
             seq: 9,
         };
@@ -367,8 +398,9 @@ mod tests {
             file_name: name.into(),
             cloud_path: format!("fw/{name}"),
             bytes: 1,
-            sha256: "x".into(),
+            sha256: Some("x".into()),
             md5: Some("y".into()),
+            crc: None,
             etag: None,
             seq,
         }

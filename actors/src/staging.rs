@@ -95,14 +95,13 @@ fn untrusted(file: &File) -> io::Result<Option<String>> {
     })
 }
 
-/// Size, sha256 and md5 of the image installed at `image`, read through a
+/// Size and `checks` of the image installed at `image`, read through a
 /// folder handle and without following a link. Blocking; streams the file.
-pub fn hash_installed(image: &ConfinedPath) -> io::Result<(u64, String, String)> {
+pub fn hash_installed(image: &ConfinedPath, checks: Checks) -> io::Result<(u64, Digests)> {
     let dir = image.open_parent(false)?;
     let mut file = open_regular(&dir, image.file_name())?;
     let len = file.metadata()?.len();
-    let Digests { sha256, md5, .. } = hash_file(&mut file, len, Checks::ALL_BUT_CRC)?.finish();
-    Ok((len, sha256, md5.unwrap_or_default()))
+    Ok((len, hash_file(&mut file, len, checks)?.finish()))
 }
 
 /// The staged image, for reading (its signature is checked). Blocking.

@@ -594,7 +594,7 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
-                checks: Checks::ALL_BUT_CRC,
+                checks: Checks::SHA256_MD5,
                 chunks: body(vec![
                     Ok(Bytes::from_static(b"hello ")),
                     Ok(Bytes::from_static(b"world")),
@@ -607,7 +607,7 @@ mod tests {
             .unwrap();
         assert_eq!(staged.written, 11);
         let digests = staged.hashes.finish();
-        assert_eq!(digests.sha256, hex(&Sha256::digest(b"hello world")));
+        assert_eq!(digests.sha256, Some(hex(&Sha256::digest(b"hello world"))));
         assert_eq!(
             digests.md5.as_deref(),
             Some("5eb63bbbe01eeed093cb22bb8f5acdc3")
@@ -643,7 +643,7 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
-                checks: Checks::default(),
+                checks: Checks::SHA256,
                 chunks: body(vec![
                     Ok(Bytes::from_static(b"hello ")),
                     Err(TransferError::Idle(std::time::Duration::from_secs(1))),
@@ -664,7 +664,7 @@ mod tests {
                 image: image.clone(),
                 offset: 6,
                 hashes: None,
-                checks: Checks::default(),
+                checks: Checks::SHA256,
                 chunks: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
                 span: Span::none(),
@@ -674,7 +674,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             done.hashes.finish().sha256,
-            hex(&Sha256::digest(b"hello world"))
+            Some(hex(&Sha256::digest(b"hello world")))
         );
         assert!(!image.full().exists());
     }
@@ -692,6 +692,7 @@ mod tests {
         ] {
             for split in 0..=CHECK.len() {
                 let mut h = Hashes::new(Checks {
+                    sha256: false,
                     md5: false,
                     crc: Some(crc),
                 });
@@ -700,7 +701,7 @@ mod tests {
                 assert_eq!(h.finish().crc, Some((crc, want)), "{crc} split at {split}");
             }
         }
-        assert_eq!(Hashes::new(Checks::default()).finish().crc, None);
+        assert_eq!(Hashes::new(Checks::SHA256).finish().crc, None);
     }
 
     /// Stages "1234", cut before the rest of [`CHECK`]; the progress made.
@@ -714,7 +715,11 @@ mod tests {
                 image: image.clone(),
                 offset: 0,
                 hashes: None,
-                checks: Checks { md5: false, crc },
+                checks: Checks {
+                    sha256: true,
+                    md5: false,
+                    crc,
+                },
                 chunks: body(vec![
                     Ok(Bytes::from_static(&CHECK[..4])),
                     Err(TransferError::Stopped),
@@ -743,6 +748,7 @@ mod tests {
             offset: 4,
             hashes,
             checks: Checks {
+                sha256: true,
                 md5: crc == Some(Crc::Crc32c),
                 crc,
             },
@@ -770,7 +776,7 @@ mod tests {
         cut_check(&w, &image, Some(Crc::Crc64Nvme)).await;
         let done = resume_check(&w, &image, None, Some(Crc::Crc64Nvme)).await;
         assert_eq!(done.crc, want);
-        assert_eq!(done.sha256, hex(&Sha256::digest(CHECK)));
+        assert_eq!(done.sha256, Some(hex(&Sha256::digest(CHECK))));
         // Carried, but without the CRC the resume now asks for (it was
         // advertised only later): read back too.
         let without = cut_check(&w, &image, None).await;
@@ -781,7 +787,7 @@ mod tests {
             done.md5.as_deref(),
             Some(hex(&md5::Md5::digest(CHECK)).as_str())
         );
-        assert_eq!(done.sha256, hex(&Sha256::digest(CHECK)));
+        assert_eq!(done.sha256, Some(hex(&Sha256::digest(CHECK))));
     }
 
     #[actix_rt::test]
@@ -794,7 +800,7 @@ mod tests {
                 image: image.clone(),
                 offset: 6,
                 hashes: None,
-                checks: Checks::default(),
+                checks: Checks::SHA256,
                 chunks: body(vec![Ok(Bytes::from_static(b"world"))]),
                 total: 11,
                 span: Span::none(),
@@ -818,7 +824,7 @@ mod tests {
                 image,
                 offset: 0,
                 hashes: None,
-                checks: Checks::default(),
+                checks: Checks::SHA256,
                 chunks: body(vec![Ok(Bytes::from_static(b"too long"))]),
                 total: 3,
                 span: Span::none(),
@@ -834,7 +840,7 @@ mod tests {
             image: image.clone(),
             offset: 0,
             hashes: None,
-            checks: Checks::default(),
+            checks: Checks::SHA256,
             chunks: body(vec![Ok(Bytes::from_static(bytes))]),
             total: bytes.len() as u64,
             span: Span::none(),
@@ -995,13 +1001,16 @@ mod tests {
         let (d, c, _w) = setup();
         let image = c.resolve("disk_path", "a.bin").unwrap();
         std::fs::write(image.full(), b"hello world").unwrap();
-        let (len, sha, md5) = hash_installed(&image).unwrap();
+        let (len, digests) = hash_installed(&image, Checks::SHA256_MD5).unwrap();
         assert_eq!(len, 11);
-        assert_eq!(sha, hex(&Sha256::digest(b"hello world")));
-        assert_eq!(md5, "5eb63bbbe01eeed093cb22bb8f5acdc3");
+        assert_eq!(digests.sha256, Some(hex(&Sha256::digest(b"hello world"))));
+        assert_eq!(
+            digests.md5.as_deref(),
+            Some("5eb63bbbe01eeed093cb22bb8f5acdc3")
+        );
         std::fs::remove_file(image.full()).unwrap();
         std::fs::write(d.path().join("elsewhere"), b"hello world").unwrap();
         std::os::unix::fs::symlink(d.path().join("elsewhere"), image.full()).unwrap();
-        assert!(hash_installed(&image).is_err());
+        assert!(hash_installed(&image, Checks::SHA256).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::verified::{FileId, Verified};
+use super::verified::{FileId, Served, Verified};
 use crate::journal::{InstalledImage, Journal};
 use crate::paths::DirHandle;
 
@@ -43,8 +43,8 @@ impl Miss {
 pub(crate) struct Opened {
     pub file: File,
     pub image: InstalledImage,
-    /// Lowercase hex, from the index or the server's own read.
-    pub md5: String,
+    /// From the server's own read, checked against the index.
+    pub served: Served,
 }
 
 pub(crate) struct Catalog {
@@ -97,9 +97,16 @@ impl Catalog {
         if self.journal.installed(&disk_path).await.as_ref() != Some(&image) {
             return Err(Miss::FileMismatch);
         }
-        let md5 = self.verified.md5(&disk_path, &image, &file, id).await;
-        let md5 = md5.ok_or(Miss::FileMismatch)?;
-        Ok((disk_path, Opened { file, image, md5 }))
+        let served = self.verified.digests(&disk_path, &image, &file, id).await;
+        let served = served.ok_or(Miss::FileMismatch)?;
+        Ok((
+            disk_path,
+            Opened {
+                file,
+                image,
+                served,
+            },
+        ))
     }
 }
 
@@ -127,8 +134,11 @@ mod tests {
             file_name: name.into(),
             cloud_path: format!("fw/{name}"),
             bytes,
-            sha256: crate::hashes::hex(&<sha2::Sha256 as sha2::Digest>::digest(b"image")),
+            sha256: Some(crate::hashes::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+                b"image",
+            ))),
             md5: None,
+            crc: None,
             etag: None,
             seq: 1,
         }

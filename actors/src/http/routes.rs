@@ -15,6 +15,7 @@ use super::range::{self, Wanted};
 use super::reply::{Body, FileBody, Reply};
 use super::request::{Method, Request};
 use super::status;
+use super::verified::Served;
 use crate::fleet::GetReport;
 use crate::fleet::device::Mac;
 use crate::fleet::rollout::{Decision, Gate};
@@ -82,7 +83,7 @@ fn held(req: &Request, opened: &Opened, gate: Option<&Gate>) -> Option<String> {
 fn not_in_wave(req: &Request, opened: &Opened, log: &DeviceLog, reason: &str) -> Reply {
     let image = &opened.image;
     debug!(image = %image.file_name, mac = ?req.header("x-esp32-sta-mac"), reason, "held back by the staged rollout");
-    let mut record = new_record(req, &image.file_name, &image.sha256);
+    let mut record = new_record(req, &image.file_name, &opened.served.sha256);
     record.status = 304;
     record.completed = true;
     log.record(record);
@@ -120,9 +121,13 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn image(req: &Request, opened: Opened, log: &DeviceLog, head: bool) -> Reply {
-    let Opened { file, image, md5 } = opened;
-    let etag = format!("\"{}\"", image.sha256);
-    let mut record = new_record(req, &image.file_name, &image.sha256);
+    let Opened {
+        file,
+        image,
+        served: Served { sha256, md5 },
+    } = opened;
+    let etag = format!("\"{sha256}\"");
+    let mut record = new_record(req, &image.file_name, &sha256);
     let already = req
         .header("x-esp32-sketch-md5")
         .is_some_and(|m| m.eq_ignore_ascii_case(&md5));
@@ -150,7 +155,7 @@ fn image(req: &Request, opened: Opened, log: &DeviceLog, head: bool) -> Reply {
             return Reply::new(416).header("Content-Range", format!("bytes */{len}"));
         }
     };
-    let res = image_headers(res, &etag, &md5, &image.sha256);
+    let res = image_headers(res, &etag, &md5, &sha256);
     if head {
         record.completed = true;
         log.record(record);

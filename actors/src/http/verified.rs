@@ -1,16 +1,17 @@
 //! Which installed files the server has checked against the index.
 //!
-//! The index vouches for an image by its SHA-256, taken as it was
-//! downloaded. Before the server sends a file for the first time it hashes
-//! it once more, so a file edited in place on the disk after its install is
-//! never what a device gets: it is `404` until a new install replaces it.
-//! A check holds while the file is the same one unchanged (device, inode,
-//! change time); any write to it changes its change time, and the next
-//! request checks it again.
+//! The index vouches for an image by the digests its download checked it
+//! by (S3's CRC-64/NVME for most; a SHA-256 or MD5 when one was given).
+//! Before the server sends a file for the first time it reads it once and
+//! compares it with every one of them, so a file edited in place on the
+//! disk after its install is never what a device gets: it is `404` until a
+//! new install replaces it. A check holds while the file is the same one
+//! unchanged (device, inode, change time); any write to it changes its
+//! change time, and the next request checks it again.
 //!
-//! The same read gives the image's MD5 for `x-MD5` when the download did not
-//! compute one (it does only when MD5 was its check): once per image, not
-//! on the download's path to its `confirm_receipt`.
+//! The same read gives the SHA-256 (the ETag, `x-SHA256`) and the MD5
+//! (`x-MD5`) the server sends: once per image, not on the download's path
+//! to its `confirm_receipt`.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
@@ -44,10 +45,17 @@ impl FileId {
     }
 }
 
+/// The digests sent with a checked image, lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Served {
+    pub sha256: String,
+    pub md5: String,
+}
+
 struct Checked {
     image: InstalledImage,
     id: FileId,
-    md5: String,
+    served: Served,
     used: u64,
 }
 
@@ -66,15 +74,16 @@ pub(crate) struct Verified {
 }
 
 impl Verified {
-    /// The MD5 of `image` (lowercase hex), when `file` (opened at `path`,
-    /// identified by `id`) hashes to the index's SHA-256; `None` when not.
-    pub(crate) async fn md5(
+    /// The digests to send with `image`, when `file` (opened at `path`,
+    /// identified by `id`) matches every digest the index has of it;
+    /// `None` when not.
+    pub(crate) async fn digests(
         &self,
         path: &Path,
         image: &InstalledImage,
         file: &File,
         id: FileId,
-    ) -> Option<String> {
+    ) -> Option<Served> {
         let mut entries = self.entries.lock().await;
         entries.clock += 1;
         let now = entries.clock;
@@ -83,22 +92,22 @@ impl Verified {
             && c.image == *image
         {
             c.used = now;
-            return Some(c.md5.clone());
+            return Some(c.served.clone());
         }
         let copy = file.try_clone().ok()?;
         let wanted = image.clone();
-        let md5 = tokio::task::spawn_blocking(move || check(copy, &wanted))
+        let served = tokio::task::spawn_blocking(move || check(copy, &wanted))
             .await
             .ok()??;
         let checked = Checked {
             image: image.clone(),
             id,
-            md5: md5.clone(),
+            served: served.clone(),
             used: now,
         };
         entries.by_path.insert(path.to_path_buf(), checked);
         entries.evict_past(ENTRIES_MAX);
-        Some(md5)
+        Some(served)
     }
 }
 
@@ -118,26 +127,29 @@ impl Entries {
     }
 }
 
-/// The image's MD5 (the index's, or computed), if the file's first
-/// `image.bytes` bytes hash to the index's SHA-256. Blocking. It moves the
+/// The SHA-256 and MD5 of the file's first `image.bytes` bytes, if they
+/// match every digest the index has of the image. Blocking. It moves the
 /// position that `file` shares with the request's handle; the body is sent
 /// by offset, so nothing reads from that position.
-fn check(mut file: File, image: &InstalledImage) -> Option<String> {
+fn check(mut file: File, image: &InstalledImage) -> Option<Served> {
     let checks = Checks {
-        md5: image.md5.is_none(),
-        crc: None,
+        crc: image.crc.map(|(crc, _)| crc),
+        ..Checks::SHA256_MD5
     };
     let digests = hash_file(&mut file, image.bytes, checks).ok()?.finish();
-    if digests.sha256 != image.sha256 {
+    if !image.matches(&digests) {
         return None;
     }
-    digests.md5.or_else(|| image.md5.clone())
+    Some(Served {
+        sha256: digests.sha256?,
+        md5: digests.md5?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hashes::hex;
+    use crate::hashes::{Crc, Hashes, hex};
     use md5::{Digest, Md5};
     use sha2::Sha256;
 
@@ -146,17 +158,33 @@ mod tests {
             file_name: "a_v1.0.0.bin".into(),
             cloud_path: "fw/a".into(),
             bytes: bytes.len() as u64,
-            sha256: hex(&Sha256::digest(bytes)),
+            sha256: Some(hex(&Sha256::digest(bytes))),
             md5: None,
+            crc: None,
             etag: None,
             seq,
+        }
+    }
+
+    /// Recorded as most downloads record it: by the object's CRC alone.
+    fn by_crc(bytes: &[u8], seq: u64) -> InstalledImage {
+        let mut hashes = Hashes::new(Checks {
+            sha256: false,
+            md5: false,
+            crc: Some(Crc::Crc64Nvme),
+        });
+        hashes.update(bytes);
+        InstalledImage {
+            sha256: None,
+            crc: hashes.finish().crc,
+            ..image(bytes, seq)
         }
     }
 
     async fn md5_of(v: &Verified, path: &Path, image: &InstalledImage) -> Option<String> {
         let file = File::open(path).unwrap();
         let id = FileId::of(&file.metadata().unwrap());
-        v.md5(path, image, &file, id).await
+        v.digests(path, image, &file, id).await.map(|s| s.md5)
     }
 
     #[actix_rt::test]
@@ -190,11 +218,43 @@ mod tests {
         std::fs::write(&tmp, b"second image").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
         assert_eq!(md5_of(&verified, &path, &first).await, None);
-        let mut second = image(b"second image", 2);
-        second.md5 = Some("00ff".into());
+        let second = by_crc(b"second image", 2);
+        let file = File::open(&path).unwrap();
+        let id = FileId::of(&file.metadata().unwrap());
+        let served = verified.digests(&path, &second, &file, id).await;
         assert_eq!(
-            md5_of(&verified, &path, &second).await.as_deref(),
-            Some("00ff")
+            served,
+            Some(Served {
+                sha256: hex(&Sha256::digest(b"second image")),
+                md5: hex(&Md5::digest(b"second image")),
+            })
+        );
+    }
+
+    #[actix_rt::test]
+    async fn every_recorded_digest_must_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        std::fs::write(&path, b"an image").unwrap();
+        let verified = Verified::default();
+        // A wrong MD5 beside a right SHA-256, a wrong CRC alone, and a
+        // record with no digest at all: none is served.
+        let wrong_md5 = InstalledImage {
+            md5: Some("00".repeat(16)),
+            ..image(b"an image", 1)
+        };
+        assert_eq!(md5_of(&verified, &path, &wrong_md5).await, None);
+        let wrong_crc = by_crc(b"an IMAGE", 2);
+        assert_eq!(md5_of(&verified, &path, &wrong_crc).await, None);
+        let bare = InstalledImage {
+            sha256: None,
+            ..image(b"an image", 3)
+        };
+        assert_eq!(md5_of(&verified, &path, &bare).await, None);
+        let right = by_crc(b"an image", 4);
+        assert_eq!(
+            md5_of(&verified, &path, &right).await,
+            Some(hex(&Md5::digest(b"an image")))
         );
     }
 
@@ -209,7 +269,10 @@ mod tests {
                     ino: i as u64,
                     ctime: (0, 0),
                 },
-                md5: String::new(),
+                served: Served {
+                    sha256: String::new(),
+                    md5: String::new(),
+                },
                 used: [3, 1, 2][i],
             };
             entries.by_path.insert(PathBuf::from(name), checked);

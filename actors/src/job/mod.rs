@@ -267,14 +267,17 @@ impl Runner {
             warn!(error = %e, "cannot update the index of installed images");
         }
         self.commit(job, true).await?;
-        let Digests { sha256, md5, .. } = digests;
-        info!(bytes = staged.written, %sha256, disk_path = %disk_path.display(), config_path = %job.config_path.full().display(), "installed");
+        let Digests { sha256, md5, crc } = digests;
+        info!(bytes = staged.written, sha256 = sha256.as_deref(), md5 = md5.as_deref(),
+            crc = ?crc, disk_path = %disk_path.display(),
+            config_path = %job.config_path.full().display(), "installed");
         let image = InstalledImage {
             file_name: job.file_name.clone(),
             cloud_path: job.cloud_path.clone(),
             bytes: staged.written,
             sha256,
             md5,
+            crc,
             etag: meta.e_tag.clone(),
             seq: rec.seq,
         };
@@ -363,12 +366,8 @@ impl Runner {
         let claims_match = done.cloud_path == job.cloud_path
             && done.file_name == job.file_name
             && job.expect.size.is_none_or(|s| s == done.bytes)
-            && job.expect.sha256.as_ref().is_none_or(|h| *h == done.sha256)
-            && job
-                .expect
-                .md5
-                .as_ref()
-                .is_none_or(|h| done.md5.as_ref().is_none_or(|d| d == h));
+            && agrees(job.expect.sha256.as_ref(), done.sha256.as_ref())
+            && agrees(job.expect.md5.as_ref(), done.md5.as_ref());
         if !claims_match {
             return Ok(false);
         }
@@ -390,32 +389,39 @@ impl Runner {
 
     /// Hashes the installed image again before it is confirmed again: SD
     /// cards rot, and a same-size corruption passes any size check. Always,
-    /// with or without a checksum in the message (then against the index):
-    /// one sequential read, cheap beside a download, and a confirm_receipt
-    /// must mean the right bytes are there. A mismatch forgets the image, so
-    /// it is downloaded again.
+    /// with or without a checksum in the message, against every digest the
+    /// index recorded and the message's: one sequential read, cheap beside a
+    /// download, and a confirm_receipt must mean the right bytes are there.
+    /// A mismatch forgets the image, so it is downloaded again.
     async fn still_intact(
         &self,
         job: &FirmwareJob,
         done: &InstalledImage,
     ) -> Result<bool, Failure> {
         let image = job.disk_path.clone();
-        let on_disk = tokio::task::spawn_blocking(move || hash_installed(&image))
+        let mut checks = done.checks();
+        checks.sha256 |= job.expect.sha256.is_some();
+        checks.md5 |= job.expect.md5.is_some();
+        let on_disk = tokio::task::spawn_blocking(move || hash_installed(&image, checks))
             .await
             .map_err(|e| Failure::new(Reason::Internal, e.to_string()))?;
-        let (bytes, sha256, md5) = match on_disk {
+        let (bytes, digests) = match on_disk {
             Ok(found) => found,
             Err(e) => {
                 info!(error = %e, "the installed image cannot be read; downloading it again");
                 return Ok(false);
             }
         };
-        let want_sha256 = job.expect.sha256.as_ref().unwrap_or(&done.sha256);
         let intact = bytes == done.bytes
-            && sha256 == *want_sha256
-            && job.expect.md5.as_ref().is_none_or(|h| *h == md5);
+            && done.matches(&digests)
+            && agrees(job.expect.sha256.as_ref(), digests.sha256.as_ref())
+            && agrees(job.expect.md5.as_ref(), digests.md5.as_ref());
         if !intact {
-            warn!(bytes, %sha256, expected_bytes = done.bytes, expected_sha256 = %want_sha256,
+            warn!(bytes, sha256 = digests.sha256.as_deref(), md5 = digests.md5.as_deref(),
+                crc = ?digests.crc, expected_bytes = done.bytes,
+                expected_sha256 = job.expect.sha256.as_deref().or(done.sha256.as_deref()),
+                expected_md5 = job.expect.md5.as_deref().or(done.md5.as_deref()),
+                expected_crc = ?done.crc,
                 "the installed image no longer matches its checksum (corrupted on disk?); downloading it again");
             let disk_path = job.disk_path.full();
             if let Err(e) = self
@@ -438,6 +444,12 @@ impl Runner {
             ))
             .await;
     }
+}
+
+/// A digest the message asks for against one known: true when either is
+/// missing (nothing to disagree about) or they are equal.
+fn agrees(wanted: Option<&String>, known: Option<&String>) -> bool {
+    wanted.zip(known).is_none_or(|(w, k)| w == k)
 }
 
 fn writer_gone(e: actix::MailboxError) -> Failure {

@@ -97,11 +97,13 @@ fn digest_vouches(expect: &Expected, facts: &ObjectFacts) -> bool {
     expect.sha256.is_some() || expect.md5.is_some() || facts.sha256.is_some()
 }
 
-/// What a download computes besides the SHA-256 while it stages the bytes:
-/// exactly what [`verify`] checks them against. The object's CRC only when
-/// no SHA-256 or MD5 vouches for them; MD5 when the message gives one, or
-/// when an ETag that is an MD5 is all there is (S3 gives every new object a
-/// CRC-64/NVME, so most downloads skip MD5, the costliest digest).
+/// What a download computes while it stages the bytes: exactly what
+/// [`verify`] checks them against, which is also what the index records.
+/// SHA-256 and MD5 when the message or the object gives them; otherwise the
+/// object's CRC; without one, MD5 when an ETag that is an MD5 is all there
+/// is; and SHA-256 when nothing vouches, so the index still has a digest to
+/// re-check the image by. S3 gives every new object a CRC-64/NVME, so most
+/// downloads compute that alone, the cheapest digest.
 pub(super) fn checks_to_compute(
     expect: &Expected,
     meta: &ObjectMeta,
@@ -109,13 +111,16 @@ pub(super) fn checks_to_compute(
 ) -> Checks {
     if digest_vouches(expect, facts) {
         return Checks {
+            sha256: expect.sha256.is_some() || facts.sha256.is_some(),
             md5: expect.md5.is_some(),
             crc: None,
         };
     }
     let crc = facts.crc().map(|(crc, _)| crc);
+    let md5 = crc.is_none() && etag_checks(meta, facts).is_some();
     Checks {
-        md5: crc.is_none() && etag_checks(meta, facts).is_some(),
+        sha256: crc.is_none() && !md5,
+        md5,
         crc,
     }
 }
@@ -135,23 +140,24 @@ pub(super) fn verify(
     facts: &ObjectFacts,
     digests: &Digests,
 ) -> Result<(), Failure> {
-    let sha256 = digests.sha256.as_str();
-    if let Some(want) = &expect.sha256
-        && want != sha256
-    {
-        return Err(mismatch("sha256", want, sha256));
+    if let Some(want) = &expect.sha256 {
+        let sha256 = computed(digests.sha256.as_deref(), "SHA-256")?;
+        if want != sha256 {
+            return Err(mismatch("sha256", want, sha256));
+        }
     }
     if let Some(want) = &expect.md5 {
-        let md5 = computed_md5(digests)?;
+        let md5 = computed(digests.md5.as_deref(), "MD5")?;
         if want != md5 {
             return Err(mismatch("md5", want, md5));
         }
     }
-    if let Some(want) = &facts.sha256
-        && want != sha256
-    {
-        let want = format!("{want} (the object's x-amz-checksum-sha256)");
-        return Err(mismatch("sha256", &want, sha256));
+    if let Some(want) = &facts.sha256 {
+        let sha256 = computed(digests.sha256.as_deref(), "SHA-256")?;
+        if want != sha256 {
+            let want = format!("{want} (the object's x-amz-checksum-sha256)");
+            return Err(mismatch("sha256", &want, sha256));
+        }
     }
     if digest_vouches(expect, facts) {
         return Ok(());
@@ -161,7 +167,7 @@ pub(super) fn verify(
     }
     match etag_checks(meta, facts) {
         Some(etag) => {
-            let md5 = computed_md5(digests)?;
+            let md5 = computed(digests.md5.as_deref(), "MD5")?;
             if etag != md5 {
                 return Err(mismatch("md5", &format!("{etag} (the object's ETag)"), md5));
             }
@@ -177,13 +183,13 @@ pub(super) fn verify(
     Ok(())
 }
 
-/// The MD5 the download computed ([`checks_to_compute`] asks for it
-/// wherever `verify` needs it: without it, a bug, never "verified").
-fn computed_md5(digests: &Digests) -> Result<&str, Failure> {
-    digests.md5.as_deref().ok_or_else(|| {
+/// A digest the download computed ([`checks_to_compute`] asks for each
+/// one wherever `verify` needs it: without it, a bug, never "verified").
+fn computed<'a>(digest: Option<&'a str>, what: &str) -> Result<&'a str, Failure> {
+    digest.ok_or_else(|| {
         Failure::new(
             Reason::Internal,
-            "the check needs the image's MD5, but the download did not compute it",
+            format!("the check needs the image's {what}, but the download did not compute it"),
         )
     })
 }
@@ -258,7 +264,7 @@ mod tests {
 
     fn digests(crc: Option<(Crc, u64)>) -> Digests {
         Digests {
-            sha256: "5a".repeat(32),
+            sha256: Some("5a".repeat(32)),
             md5: Some("5eb63bbbe01eeed093cb22bb8f5acdc3".into()),
             crc,
         }
@@ -300,6 +306,38 @@ mod tests {
             ..crc64(CRC64)
         };
         assert_eq!(crc_of(&none, &s3_sha), None);
+    }
+
+    #[test]
+    fn sha256_is_computed_only_when_given_or_nothing_else_vouches() {
+        let sha_of = |expect: &Expected, etag: Option<&str>, facts: &ObjectFacts| {
+            checks_to_compute(expect, &meta(etag), facts).sha256
+        };
+        let none = Expected::default();
+        let etag = Some("\"5eb63bbbe01eeed093cb22bb8f5acdc3\"");
+        // The CRC alone (S3's default), or the ETag's MD5 alone.
+        assert!(!sha_of(&none, None, &crc64(CRC64)));
+        assert!(!sha_of(&none, etag, &ObjectFacts::default()));
+        // A SHA-256 in the message or on the object is computed and checked.
+        let sha = Expected {
+            sha256: Some("5a".repeat(32)),
+            ..Expected::default()
+        };
+        assert!(sha_of(&sha, None, &crc64(CRC64)));
+        let s3_sha = ObjectFacts {
+            sha256: Some("5a".repeat(32)),
+            ..ObjectFacts::default()
+        };
+        assert!(sha_of(&none, None, &s3_sha));
+        // Nothing to check against: a SHA-256 for the index to re-check by.
+        assert!(sha_of(&none, None, &ObjectFacts::default()));
+        // And verify never passes a SHA-256 check it has no SHA-256 for.
+        let without = Digests {
+            sha256: None,
+            ..digests(None)
+        };
+        let err = verify(&sha, &meta(None), &ObjectFacts::default(), &without).unwrap_err();
+        assert_eq!(err.reason, Reason::Internal);
     }
 
     #[test]
