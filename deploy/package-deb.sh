@@ -120,7 +120,10 @@ epoch=$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)
 } >"$assets/changelog"
 
 # --- the package --------------------------------------------------------------------
-deb_args=(--no-build --no-strip --profile "$profile" --deb-revision "$revision" --output "$out" "${target_args[@]}")
+deb_args=(--no-build --profile "$profile" --deb-revision "$revision" --output "$out" "${target_args[@]}")
+# The release profile keeps the symbol table (deploy/startup-order.sh reads
+# it); cargo-deb strips the packaged copy. Other profiles strip at the link.
+[ "$profile" = release ] || deb_args+=(--no-strip)
 [ -z "${GATOR_OTA_DEB_MAINTAINER:-}" ] || deb_args+=(--maintainer "$GATOR_OTA_DEB_MAINTAINER")
 note "cargo deb ${deb_args[*]}"
 deb=$(SOURCE_DATE_EPOCH=$epoch cargo deb -p gator-ota "${deb_args[@]}" | tail -n 1) ||

@@ -323,6 +323,20 @@ idle_breakdown=$(awk '
     for (f in file) if (file[f] >= 256) printf ", %s %.1f MiB", f, file[f] / 1024
   }' "/proc/$gpid/smaps" 2>/dev/null || true)
 echo "idle: ${idle_breakdown:-smaps not readable}"
+# What the process adds to the machine: its private pages (USS), and its
+# proportional share of the pages it shares with other processes (PSS).
+idle_shares=$(awk '/^Pss:/ {pss = $2} /^Private_(Clean|Dirty):/ {uss += $2}
+  END {printf "PSS %.1f MiB, private (USS) %.1f MiB", pss / 1024, uss / 1024}' \
+  "/proc/$gpid/smaps_rollup" 2>/dev/null || true)
+echo "idle: ${idle_shares:-smaps_rollup not readable}"
+# deploy/startup-order.txt names one build configuration's symbols; for any
+# other the binary's share of the idle figure grows back.
+order_for="# gator-ota start-up order: $(rustc -V | cut -d' ' -f1-2), x86_64-unknown-linux-gnu release, Cargo.lock $(sha256sum Cargo.lock | cut -c1-16)"
+if [ "$(head -n 1 deploy/startup-order.txt 2>/dev/null)" = "$order_for" ]; then
+  echo "idle: deploy/startup-order.txt is this build's"
+else
+  echo "idle: deploy/startup-order.txt is not this build's (another compiler or Cargo.lock): regenerate it with bash deploy/startup-order.sh"
+fi
 
 # One publisher fed line by line through a FIFO, one subscriber that stamps
 # each confirm_receipt with its arrival time (%U, the same wall clock as
