@@ -157,6 +157,13 @@ fn httpupdate_args(sketch_md5: &str) -> Vec<String> {
     .collect()
 }
 
+/// `GET /<name>` as HTTPUpdate sends it from a device running `running`.
+fn httpupdate_get(addr: SocketAddr, name: &str, running: &[u8]) -> Fetched {
+    let args = httpupdate_args(&md5_hex(running));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(addr, &format!("/{name}"), &args)
+}
+
 /// A message with a `sha256` is checked by it: the download takes no MD5,
 /// and the server's `x-MD5` (which HTTPUpdate checks the flashed image
 /// against) and its "already running" answer come from its own read.
@@ -179,15 +186,11 @@ fn x_md5_is_right_when_the_download_took_no_md5() {
         std::fs::read_to_string(world.data_dir().join(".gator-ota/installed.json")).unwrap();
     assert!(!index.contains("\"md5\""), "no MD5 was taken: {index}");
 
-    let args = httpupdate_args(&md5_hex(b"the running sketch"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let got = curl(addr, &format!("/{name}"), &args);
+    let got = httpupdate_get(addr, name, b"the running sketch");
     assert_eq!(got.status, 200);
     assert!(got.body == image);
     assert_eq!(got.header("x-md5"), Some(md5_hex(&image).as_str()));
-    let args = httpupdate_args(&md5_hex(&image));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(curl(addr, &format!("/{name}"), &args).status, 304);
+    assert_eq!(httpupdate_get(addr, name, &image).status, 304);
 }
 
 #[test]
@@ -900,9 +903,7 @@ fn an_image_checked_by_its_crc_alone_is_served_with_its_own_digests() {
         "{recorded}"
     );
 
-    let args = httpupdate_args(&md5_hex(b"the running sketch"));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let got = curl(addr, &format!("/{name}"), &args);
+    let got = httpupdate_get(addr, name, b"the running sketch");
     assert_eq!(got.status, 200);
     assert!(got.body == image);
     assert_eq!(got.header("x-md5"), Some(md5_hex(&image).as_str()));
@@ -916,7 +917,7 @@ fn an_image_checked_by_its_crc_alone_is_served_with_its_own_digests() {
     rotten[1000] ^= 0x40;
     std::fs::write(&installed, &rotten).unwrap();
     wait_until(DEADLINE, "the rotten image refused", || {
-        curl(addr, &format!("/{name}"), &args).status == 404
+        httpupdate_get(addr, name, b"the running sketch").status == 404
     });
     // ...and the repeated message finds it by the CRC and downloads it again.
     world.publish_json(&firmware_image("m-crc-again", name, key));
@@ -926,5 +927,7 @@ fn an_image_checked_by_its_crc_alone_is_served_with_its_own_digests() {
     assert_eq!(confirm["file_name"], name);
     gw.wait_log("no longer matches its checksum");
     assert!(std::fs::read(&installed).unwrap() == image);
-    assert_eq!(curl(addr, &format!("/{name}"), &args).status, 200);
+    let again = httpupdate_get(addr, name, b"the running sketch");
+    assert_eq!(again.status, 200);
+    assert!(again.body == image);
 }
