@@ -90,7 +90,7 @@ if [ "$staged" -eq 0 ]; then
     done
   fi
   "$here/gator-ota" --version >/dev/null 2>&1 ||
-    die "$here/gator-ota does not run on this machine ($(uname -m)); is this the right archive for it (and is OpenSSL 3, libssl3, installed)?"
+    die "$here/gator-ota does not run on this machine ($(uname -m)); is this the right archive for it, is the system Debian 12 (Raspberry Pi OS Bookworm, glibc 2.36) or newer, and is OpenSSL 3 (libssl3) installed?"
 fi
 
 say() { echo "  $*"; }
