@@ -221,7 +221,7 @@ for t in "${targets[@]}"; do
   rm -rf "$stage"
   mkdir -p "$stage"
   install -m 0755 "$bin" "$stage/gator-ota"
-  # The release profile strips already; this makes sure of it.
+  # The pi profile strips already; this makes sure of it.
   "$gnu-strip" --strip-all "$stage/gator-ota"
   desc=$(file -b "$stage/gator-ota")
   case "$desc" in
